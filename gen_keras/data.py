@@ -1,0 +1,335 @@
+"""TFDS image datasets as seeded, cached tf.data pipelines in a model's data mode.
+
+Every pipeline yields dicts {"image": float32 [batch, height, width, channels] in model
+space, "label": int32 [batch]}. Model space per mode (see `config.DATA_MODES`):
+binary modes {0., 1.}; `uint8` the integers 0..255 as float32; `float` [0, 1];
+`float_symmetric` [-1, 1]. Data space, used where images cross the serving boundary,
+is uint8: {0, 1} for binary modes and 0..255 for the rest.
+
+Offline use: a dataset prepared under `data_dir`, `TFDS_DATA_DIR` or `../shared/
+tensorflow_datasets` is read without touching the network; `manual_dir` builds
+MNIST-format datasets from the four IDX files; anything else is downloaded by TFDS, or,
+with no network, reported as a `UsageError` naming the directories searched.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import gzip
+import os
+import pathlib
+import re
+import socket
+import zlib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from gen_keras.config import DataConfig, UsageError
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA_DIRS = (
+    _REPO_ROOT.parent / "shared" / "tensorflow_datasets",
+    pathlib.Path.cwd().parent / "shared" / "tensorflow_datasets",
+)
+_SHUFFLE_BUFFER = 60_000  # MNIST-sized datasets shuffle fully; larger ones approximately
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its data: image shape, data mode, number of classes."""
+
+    shape: tuple[int, int, int]
+    mode: str
+    num_classes: int
+
+    @property
+    def binary(self) -> bool:
+        return self.mode.startswith("binary")
+
+    @property
+    def max_value(self) -> int:
+        """Largest pixel value in data space (uint8 at the serving boundary)."""
+        return 1 if self.binary else 255
+
+    @property
+    def num_dims(self) -> int:
+        return int(np.prod(self.shape))
+
+    def to_model(self, images: tf.Tensor) -> tf.Tensor:
+        """uint8 data-space images [..., H, W, C] -> float32 model space."""
+        x = tf.cast(images, tf.float32)
+        if self.mode == "float":
+            return x / 255.0
+        if self.mode == "float_symmetric":
+            return x / 127.5 - 1.0
+        return x
+
+    def to_data(self, x: tf.Tensor) -> tf.Tensor:
+        """float32 model-space images -> uint8 data space (rounded, clipped)."""
+        if self.mode == "float":
+            x = x * 255.0
+        elif self.mode == "float_symmetric":
+            x = (x + 1.0) * 127.5
+        return tf.cast(tf.clip_by_value(tf.round(x), 0.0, float(self.max_value)), tf.uint8)
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "mode": self.mode, "num_classes": self.num_classes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DataSpec:
+        return cls(tuple(d["shape"]), d["mode"], int(d["num_classes"]))
+
+
+def pixels_to_model(pixels: tf.Tensor, mode: str, uniform: tf.Tensor | None = None) -> tf.Tensor:
+    """Raw pixels (uint8 0..255) -> float32 model space; binary draws compare `uniform`."""
+    p = tf.cast(pixels, tf.float32)
+    if mode in ("binary_static", "binary_dynamic"):
+        return tf.cast(uniform < p / 255.0, tf.float32)
+    if mode == "binary_threshold":
+        return tf.cast(p >= 128.0, tf.float32)
+    if mode == "uint8":
+        return p
+    if mode == "float":
+        return p / 255.0
+    return p / 127.5 - 1.0  # float_symmetric
+
+
+def network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+    """True if `host` resolves within `timeout` seconds (DNS alone; TFDS retries for minutes)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def candidate_data_dirs(data_dir: str | None) -> list[str]:
+    """Directories searched for a prepared dataset, in order."""
+    if data_dir:
+        return [data_dir]
+    dirs = [os.environ["TFDS_DATA_DIR"]] if os.environ.get("TFDS_DATA_DIR") else []
+    dirs += [str(d) for d in SHARED_DATA_DIRS if d.is_dir()]
+    dirs.append(os.path.expanduser("~/tensorflow_datasets"))
+    return list(dict.fromkeys(dirs))
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UsageError(f"{path} is not an IDX file of unsigned bytes (MNIST format)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UsageError(f"{path} holds {data.size} bytes, its header says {tuple(dims)}")
+    return data.reshape(dims)
+
+
+def _find_idx(manual_dir: str, stem: str) -> pathlib.Path:
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
+        path = pathlib.Path(manual_dir) / name
+        if path.is_file():
+            return path
+    raise UsageError(f"manual_dir={manual_dir!r} has no {stem} or {stem}.gz (the MNIST IDX files)")
+
+
+def _load_manual(config: DataConfig, split: str):
+    match = re.fullmatch(r"(train|test)(?:\[(\d*):(\d*)\])?", split)
+    if not match:
+        raise UsageError(
+            f"split={split!r}: with manual_dir use train or test, optionally "
+            "sliced like train[:1000]"
+        )
+    base, lo, hi = match.groups()
+    images = _read_idx(_find_idx(config.manual_dir, _IDX_FILES[base][0]))
+    labels = _read_idx(_find_idx(config.manual_dir, _IDX_FILES[base][1]))
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise UsageError(f"IDX images {images.shape} and labels {labels.shape} do not match")
+    sl = slice(int(lo) if lo else None, int(hi) if hi else None)
+    images, labels = images[sl][..., None], labels[sl].astype(np.int64)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return ds, len(images), tuple(images.shape[1:]), int(labels.max()) + 1 if len(labels) else 10
+
+
+def _prepared_builder(name: str, data_dir: str | None):
+    for d in candidate_data_dirs(data_dir):
+        builder = tfds.builder(name, data_dir=d)
+        if builder.is_prepared():
+            return builder
+    return None
+
+
+def _load_tfds(config: DataConfig, split: str):
+    try:
+        builder = _prepared_builder(config.dataset, config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise UsageError(
+            f"dataset={config.dataset!r} is not a TFDS dataset name (see tfds.list_builders())"
+        ) from None
+    if builder is None:
+        searched = ", ".join(candidate_data_dirs(config.data_dir))
+        fix = (
+            "prepare it there, point --data_dir/TFDS_DATA_DIR at a copy, or give "
+            "--manual_dir with the IDX files"
+        )
+        if not config.download:
+            raise UsageError(
+                f"dataset {config.dataset!r} is not prepared in {searched} and "
+                f"downloads are off; {fix}"
+            )
+        if not network_available():
+            raise UsageError(
+                f"dataset {config.dataset!r} is not prepared in {searched} and "
+                f"there is no network to download it; {fix}"
+            )
+        builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; keep one line
+            raise UsageError(
+                f"could not download dataset {config.dataset!r} into "
+                f"{builder.data_dir}: {str(e).splitlines()[0][:200]}"
+            ) from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise UsageError(
+            f"dataset {config.dataset!r} has features {list(features)}; "
+            "gen_keras needs 'image' and 'label'"
+        )
+    shape = tuple(features["image"].shape)
+    if None in shape or len(shape) != 3:
+        raise UsageError(
+            f"dataset {config.dataset!r} has images of shape {shape}; "
+            "gen_keras needs a fixed [height, width, channels]"
+        )
+    num_examples = None
+    if builder.info.splits:  # empty only for datasets mocked without metadata
+        try:
+            num_examples = builder.info.splits[split].num_examples
+        except (KeyError, ValueError) as e:
+            raise UsageError(
+                f"split={split!r} is not a split of {config.dataset!r} "
+                f"({', '.join(builder.info.splits)}): {e}"
+            ) from None
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+    )
+    ds = ds.map(lambda d: {"image": d["image"], "label": d["label"]})
+    if num_examples is None:
+        num_examples = int(ds.reduce(0, lambda n, _: n + 1))
+    return ds, num_examples, shape, features["label"].num_classes
+
+
+class ImageData:
+    """One split of an image dataset: cached raw pixels and seeded per-epoch pipelines.
+
+    Pipelines are pure functions of (seed, epoch, position): an epoch can be rebuilt and
+    fast-forwarded after a restart, so a resumed run sees exactly the batches it would
+    have seen.
+    """
+
+    def __init__(self, config: DataConfig, split: str, training: bool):
+        self.config = config
+        self.split = split
+        self.training = training
+        loader = _load_manual if config.manual_dir else _load_tfds
+        raw, self.num_examples, shape, num_classes = loader(config, split)
+        self.spec = DataSpec(tuple(int(s) for s in shape), config.binarization, num_classes)
+        if self.num_examples == 0:
+            raise UsageError(f"split {split!r} of {config.dataset!r} is empty")
+        self._raw = raw.enumerate()
+        self._cached: dict[tuple[int, int], tf.data.Dataset] = {}
+        self._split_tag = zlib.crc32(split.encode()) % (2**31)
+
+    def _base(self, num_shards: int, shard: int) -> tf.data.Dataset:
+        key = (num_shards, shard)
+        if key not in self._cached:
+            ds = self._raw.shard(num_shards, shard) if num_shards > 1 else self._raw
+            ds = ds.cache()
+            # Fill the cache in one full pass now. An iterator that stops early (a summary
+            # batch, take(steps)) resets a half-written cache when it is destroyed, which
+            # can race with another iterator and end it early ("End of sequence").
+            ds.reduce(np.int64(0), lambda n, _: n + 1)
+            self._cached[key] = ds
+        return self._cached[key]
+
+    def _preprocess(self, seed: int, epoch: int):
+        mode, spec = self.spec.mode, self.spec
+        static_seed = tf.constant([self.config.binarization_seed, self._split_tag], tf.int32)
+        # Evaluation of a dynamic mode uses one fixed draw, so eval numbers are comparable.
+        dynamic = mode == "binary_dynamic" and self.training
+        epoch_seed = tf.constant([seed % (2**31), epoch], tf.int32)
+
+        def fn(position, element):
+            index, example = element
+            uniform = None
+            if mode in ("binary_static", "binary_dynamic"):
+                key = (
+                    tf.random.experimental.stateless_fold_in(epoch_seed, position)
+                    if dynamic
+                    else tf.random.experimental.stateless_fold_in(static_seed, index)
+                )
+                uniform = tf.random.stateless_uniform(spec.shape, seed=key)
+            image = pixels_to_model(example["image"], mode, uniform)
+            image = tf.ensure_shape(image, spec.shape)
+            return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+        return fn
+
+    def dataset(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        skip: int = 0,
+        steps: int | None = None,
+        input_context=None,
+    ) -> tf.data.Dataset:
+        """Batches of {"image", "label"}: batch_size is per input pipeline (per replica).
+
+        Training pipelines shuffle with (seed, epoch), repeat, drop remainders and start
+        `skip` batches in; evaluation pipelines keep order and the last partial batch.
+        """
+        num_shards = input_context.num_input_pipelines if input_context else 1
+        shard = input_context.input_pipeline_id if input_context else 0
+        ds = self._base(num_shards, shard)
+        if self.training:
+            shuffle_seed = (seed * 1_000_003 + epoch) % (2**31)
+            ds = ds.shuffle(
+                min(self.num_examples, _SHUFFLE_BUFFER),
+                seed=shuffle_seed,
+                reshuffle_each_iteration=True,
+            ).repeat()
+        ds = ds.enumerate().map(
+            self._preprocess(seed, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        ds = ds.batch(batch_size, drop_remainder=self.training)
+        if skip:
+            ds = ds.skip(skip)
+        if steps is not None:
+            ds = ds.take(steps)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        """Full batches in one pass (training) or batches covering the split (eval)."""
+        if self.training:
+            return max(1, self.num_examples // global_batch)
+        return -(-self.num_examples // global_batch)

@@ -1,0 +1,145 @@
+"""SavedModel export in the TF Serving layout, and the input checks every signature uses.
+
+Layout: `<export_root>/<model_name>/<integer version>/`, written to a hidden temporary
+directory beside it and renamed into place, so a model server polling the base path
+never sees a half-written version. Signatures are batch-major dicts of named tensors;
+randomness comes only from per-row `seed` inputs (int32 [N, 2]); no XLA inside.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
+
+SEED_SPEC = tf.TensorSpec([None, 2], tf.int32, name="seed")
+LABEL_SPEC = tf.TensorSpec([None], tf.int32, name="label")
+
+
+def image_spec(spec) -> tf.TensorSpec:
+    """uint8 [None, H, W, C] in data space ({0,1} binary, 0..255 otherwise)."""
+    return tf.TensorSpec([None, *spec.shape], tf.uint8, name="images")
+
+
+def _batch_checks(name: str, tensor, batch=None):
+    n = tf.shape(tensor)[0]
+    checks = [
+        tf.debugging.assert_less_equal(
+            n, MAX_BATCH, message=f"{name}: at most {MAX_BATCH} rows per request"
+        )
+    ]
+    if batch is not None:
+        checks.append(
+            tf.debugging.assert_equal(
+                n, batch, message=f"{name}: needs one row per row of the first input"
+            )
+        )
+    return checks
+
+
+def check_images(images, spec):
+    """Validates uint8 images [N, H, W, C] against the model's data range; returns them."""
+    checks = _batch_checks("images", images) + [
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(images),
+            tf.constant(spec.max_value, tf.uint8),
+            message=f"images: pixel values must be in 0..{spec.max_value} for a {spec.mode} model",
+        )
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def check_seed(seed, batch=None):
+    """Validates int32 seeds [N, 2] (one per row); returns them."""
+    with tf.control_dependencies(_batch_checks("seed", seed, batch)):
+        return tf.identity(seed)
+
+
+def check_label(label, num_classes: int, batch=None):
+    """Validates int32 class labels [N] in 0..num_classes-1; returns them."""
+    checks = _batch_checks("label", label, batch) + [
+        tf.debugging.assert_non_negative(label, message="label: must be >= 0"),
+        tf.debugging.assert_less(
+            label, num_classes, message=f"label: must be < {num_classes} (number of classes)"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(label)
+
+
+def check_rows(name: str, tensor, batch=None):
+    """Validates a float input's batch size (and finiteness); returns it."""
+    checks = _batch_checks(name, tensor, batch) + [
+        tf.debugging.assert_all_finite(tensor, message=f"{name}: must be finite")
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(tensor)
+
+
+def versions(model_root: str) -> list[int]:
+    """Integer version directories under <export_root>/<model_name>, ascending."""
+    if not os.path.isdir(model_root):
+        return []
+    return sorted(
+        int(d)
+        for d in os.listdir(model_root)
+        if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(model_root, d))
+    )
+
+
+def write_versioned(model_root: str, write_fn, version: int | None = None) -> str:
+    """Calls write_fn(tmp_dir), then renames tmp_dir to model_root/<version> in one step.
+
+    version defaults to one more than the highest existing. A failure leaves no version
+    directory; an existing version is never overwritten.
+    """
+    os.makedirs(model_root, exist_ok=True)
+    if version is None:
+        version = (versions(model_root) or [0])[-1] + 1
+    final = os.path.join(model_root, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; exports never overwrite a version")
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_root)
+    try:
+        write_fn(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def export(model, export_root: str, name: str | None = None, version: int | None = None) -> str:
+    """Exports model.serving_functions() as a servable SavedModel; returns the version dir.
+
+    The first function (by convention `sample`) is also `serving_default`.
+    """
+    name = name or model.family
+    functions = model.serving_functions()
+
+    def write(path):
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        first = next(iter(functions))
+        archive.add_endpoint("serving_default", functions[first])
+        for endpoint, fn in functions.items():
+            archive.add_endpoint(endpoint, fn)
+        archive.write_out(path, verbose=False)
+
+    return write_versioned(os.path.join(export_root, name), write)
+
+
+def signature(fn, *specs, conditional: bool = False):
+    """tf.function(fn) with input_signature specs, plus a trailing `label` if conditional.
+
+    fn's argument names become the SignatureDef's input keys; a conditional model's fn
+    takes `label` last (it is None for unconditional models).
+    """
+    return tf.function(fn, input_signature=[*specs, *([LABEL_SPEC] if conditional else [])])

@@ -1,0 +1,224 @@
+"""The harness: run layout, TensorBoard events read back, resume, kill -9, NaN stop, XLA."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator as ea
+
+from gen_keras import train
+from gen_keras.config import TrainConfig, UsageError
+from gen_keras.models import vae
+from tests.conftest import REPO, small_data, small_train
+
+METRICS = ["loss", "elbo", "distortion", "rate", "bits_per_dim"]
+
+
+def _events(logdir):
+    acc = ea.EventAccumulator(logdir, size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}, acc
+
+
+def test_run_directory_layout(vae_run):
+    d = vae_run.model_dir
+    assert vae_run.step == 12
+    record = json.load(open(os.path.join(d, "config.json")))
+    assert record["family"] == "vae" and record["spec"]["shape"] == [28, 28, 1]
+    assert tf.train.latest_checkpoint(os.path.join(d, "checkpoints")).endswith("ckpt-12")
+    metrics = json.load(open(os.path.join(d, "metrics.json")))
+    assert metrics["step"] == 12 and metrics["final"]["eval_examples"] == 256
+    assert metrics["final"]["iwae_8"] >= metrics["final"]["elbo"]
+    for name in ("samples/epoch_0001.png", "samples/epoch_0002.png", "samples.png"):
+        png = tf.io.decode_png(tf.io.read_file(os.path.join(d, name)))
+        assert png.shape == (88, 88, 1)  # 8 images of 28x28 in a 3x3 grid with 1-pixel gaps
+
+
+def test_tensorboard_events_have_the_expected_tags_and_steps(vae_run):
+    train_tags, _ = _events(os.path.join(vae_run.model_dir, "train"))
+    for name in METRICS:
+        assert train_tags[name] == [2, 4, 6, 6, 8, 10, 12, 12]  # every 2 steps + epoch ends
+    assert train_tags["images_per_sec"] == [6, 12]
+    assert "_hparams_/session_start_info" in train_tags
+    eval_tags, acc = _events(os.path.join(vae_run.model_dir, "eval"))
+    for name in METRICS + ["samples", "reconstructions"]:
+        assert eval_tags[name] == [6, 12]
+    assert eval_tags["final/iwae_8"] == [12]
+    loss = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
+    assert loss[1] < loss[0]  # the eval loss fell between the two epochs
+    image = acc.Tensors("samples")[-1].tensor_proto
+    width, height = tf.make_ndarray(image)[:2]
+    assert (int(width), int(height)) == (88, 88)
+
+
+def test_tensorboard_server_serves_the_run(vae_run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [exe, "--logdir", vae_run.model_dir, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
+        deadline, tags = time.time() + 90, {}
+        while time.time() < deadline and not {"train", "eval"} <= set(tags):
+            try:
+                tags = json.load(urllib.request.urlopen(url, timeout=5))
+            except OSError:
+                time.sleep(1)
+        assert "loss" in tags["train"] and "final/iwae_8" in tags["eval"]
+        series = json.load(
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=eval&tag=loss", timeout=5
+            )
+        )
+        assert [row[1] for row in series] == [6, 12]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_resume_continues_from_the_last_checkpoint(vae_run, mnist_dir, tmp_path):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    result = train.fit(
+        "vae",
+        vae.small(),
+        small_data(mnist_dir),
+        small_train(tmp_path, epochs=3, export=False),
+        verbose=0,
+    )
+    assert result.step == 18
+    steps = [
+        int(p.split("-")[-1])
+        for p in tf.train.get_checkpoint_state(
+            str(tmp_path / "run" / "checkpoints")
+        ).all_model_checkpoint_paths
+    ]
+    assert steps == [6, 12, 18]
+
+
+def test_a_run_with_another_model_config_is_refused(vae_run, mnist_dir, tmp_path):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    other = vae.Config(latent_dim=5, hidden=8, eval_k=8, export_k=8, chunk=4)
+    with pytest.raises(UsageError, match=r"model.latent_dim 4 -> 5"):
+        train.fit("vae", other, small_data(mnist_dir), small_train(tmp_path), verbose=0)
+
+
+def test_evaluation_is_deterministic(vae_run, mnist_dir, tmp_path):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    run = train._Run("vae", vae.small(), small_data(mnist_dir), small_train(tmp_path))
+    assert run.restore() == 12
+    seed = tf.constant([0, 2])
+    a, b = train.evaluate(run, seed), train.evaluate(run, seed)
+    assert a == b and a["loss"] == pytest.approx(vae_run.eval_logs["loss"], rel=1e-5)
+
+
+class _NaNAfter4(vae.VAE):
+    """Training goes non-finite at step 5 (gradients and loss), as a diverging run does."""
+
+    def _objective(self, x, label, seed):
+        terms = super()._objective(x, label, seed)
+        poison = tf.where(self.optimizer.iterations >= 4, np.nan, 0.0)
+        return (terms[0] + poison,) + terms[1:]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    def build(config, spec, lr):
+        model = _NaNAfter4(spec, config)
+        model.compile(optimizer=vae.keras.optimizers.Adam(lr))
+        return model
+
+    monkeypatch.setattr(vae, "build", build)
+    cfg = small_train(tmp_path, checkpoint_every_steps=2, export=True)
+    with pytest.raises(train.TrainingError, match=r"loss became nan at step 5.*ckpt-4"):
+        train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
+    monkeypatch.undo()
+    model, step = train.restore_model(cfg.model_dir)
+    assert step == 4
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert not os.path.exists(cfg.export_dir)  # nothing was exported
+
+
+def test_xla_training_is_reproducible_from_the_seed():
+    """Stateless seeds make XLA steps repeatable (stateful RNG would ignore its seed there).
+
+    XLA's RNG stream differs from TF's CPU kernels for the same seed, so XLA and non-XLA
+    runs agree in distribution, not bit for bit; exports and pictures never use XLA.
+    """
+    from gen_keras.data import DataSpec
+
+    spec = DataSpec((8, 12, 1), "binary_static", 10)
+    batch = {
+        "image": tf.cast(tf.random.stateless_uniform([4, 8, 12, 1], [1, 1]) < 0.4, tf.float32),
+        "label": tf.zeros([4], tf.int32),
+    }
+    models = [vae.build(vae.small(), spec, 1e-2) for _ in range(3)]
+    for m in models:
+        m.build_for_training(batch)
+        m.set_weights(models[0].get_weights())
+    steps = [tf.function(m.train_step, jit_compile=True) for m in models]
+    a = [float(steps[0](dict(batch, seed=tf.constant([3, i])))["loss"]) for i in range(3)]
+    b = [float(steps[1](dict(batch, seed=tf.constant([3, i])))["loss"]) for i in range(3)]
+    c = [float(steps[2](dict(batch, seed=tf.constant([4, i])))["loss"]) for i in range(3)]
+    assert a == b and a != c and all(np.isfinite(a))
+    for x, y in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert train.use_xla("on") and not train.use_xla("off")
+    assert train.use_xla("auto") == bool(tf.config.list_logical_devices("GPU"))
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(UsageError, match="batch_size=0 must be > 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(UsageError, match="strategy='horovod'"):
+        TrainConfig(strategy="horovod")
+
+
+def test_killed_trainer_resumes_and_finishes_with_the_same_step_count(mnist_dir, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainers.vae",
+        "--config=small",
+        f"--data_dir={mnist_dir}",
+        "--train_split=train[:1024]",
+        "--eval_split=test[:128]",
+        "--batch_size=32",
+        "--epochs=2",
+        "--steps_per_epoch=15",
+        "--checkpoint_every_steps=3",
+        f"--model_dir={tmp_path / 'run'}",
+        "--noexport",
+        "--nodownload",
+    ]
+    ckpts = tmp_path / "run" / "checkpoints"
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        latest = tf.train.latest_checkpoint(str(ckpts)) if ckpts.exists() else None
+        if latest and int(latest.split("-")[-1]) >= 6:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "the trainer ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = int(tf.train.latest_checkpoint(str(ckpts)).split("-")[-1])
+    assert 6 <= killed_at < 30
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resumed at step {killed_at}" in second.stdout or killed_at % 15 == 0
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert metrics["step"] == 30
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-30")

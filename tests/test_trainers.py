@@ -1,0 +1,81 @@
+"""Entry points: usage errors exit 2 with one line, offline data errors, IDX runs, --help."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.vae", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_line_error(result, text):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and text in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--binarization=gray"], "binarization"),
+        (["--no_such_flag=1"], "no_such_flag"),
+        (["--batch_size=0"], "batch_size=0 must be > 0"),
+        (["--epochs=-1"], "epochs=-1 must be > 0"),
+        (["--likelihood=categorical"], "does not fit binarization='binary_static'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, text, tmp_path):
+    _one_line_error(_run(*args, f"--model_dir={tmp_path}/run", "--nodownload"), text)
+
+
+def test_missing_dataset_offline_is_one_clear_line(tmp_path):
+    result = _run(
+        "--dataset=fashion_mnist",
+        f"--data_dir={tmp_path}/tfds",
+        "--nodownload",
+        f"--model_dir={tmp_path}/run",
+    )
+    _one_line_error(result, "dataset 'fashion_mnist' is not prepared in")
+    assert f"{tmp_path}/tfds" in result.stderr
+
+
+def test_manual_dir_run_trains_from_idx_files(mnist_idx_dir, tmp_path):
+    result = _run(
+        "--config=small",
+        f"--manual_dir={mnist_idx_dir}",
+        "--train_split=train[:256]",
+        "--eval_split=test[:64]",
+        "--batch_size=32",
+        "--epochs=1",
+        "--steps_per_epoch=4",
+        "--noexport",
+        f"--model_dir={tmp_path}/run",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "final: elbo=" in result.stdout and "iwae_8=" in result.stdout
+
+
+def test_help_lists_the_shared_and_model_flags():
+    result = _run("--helpfull")  # absl's help exits 1 after printing
+    assert "Traceback" not in result.stderr
+    for flag in (
+        "--dataset",
+        "--binarization",
+        "--jit_compile",
+        "--strategy",
+        "--latent_dim",
+        "--train_k",
+        "--checkpoint_every_steps",
+    ):
+        assert flag in result.stdout

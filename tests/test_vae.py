@@ -1,0 +1,156 @@
+"""VAE: shapes, parameter count, the bounds (ELBO <= IWAE_k, monotone in k), training, seeds."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from gen_keras import data as data_lib
+from gen_keras import rng
+from gen_keras.config import DataConfig, UsageError
+from gen_keras.data import DataSpec, ImageData
+from gen_keras.models import vae
+
+SPEC = DataSpec((8, 12, 1), "binary_static", 10)  # distinct sizes: a swapped axis fails
+
+
+def _batch(spec=SPEC, n=3, seed=0):
+    if spec.binary:
+        x = tf.cast(tf.random.stateless_uniform([n, *spec.shape], [seed, 1]) < 0.3, tf.float32)
+    else:
+        x = tf.floor(tf.random.stateless_uniform([n, *spec.shape], [seed, 1], maxval=256.0))
+    return {
+        "image": x,
+        "label": tf.range(n, dtype=tf.int32) % 10,
+        "seed": tf.constant([seed, 2], tf.int32),
+    }
+
+
+def _model(config=None, spec=SPEC):
+    model = vae.build(config or vae.small(), spec, 1e-2)
+    model.build_for_training(_batch(spec))
+    return model
+
+
+def test_shapes_of_networks_and_distributions():
+    model = _model(vae.Config(latent_dim=4, hidden=8))
+    x = _batch()["image"]
+    q = model.posterior(x)
+    assert q.batch_shape == (3,) and q.event_shape == (4,)
+    assert model.prior().event_shape == (4,) and model.prior().batch_shape == ()
+    assert model.decode_params(q.sample(seed=[1, 1])).shape == (3, 8, 12, 1)
+    assert model(x).shape == (3, 8, 12, 1)
+    assert model.head.distribution(model.decode_params(q.mean())).event_shape == (8, 12, 1)
+
+
+def test_parameter_count_of_the_mlp_architecture():
+    model = _model(vae.Config(arch="mlp", hidden=5, latent_dim=2))
+    # encoder 96*5+5 + 5*5+5, posterior 5*4+4, decoder 2*5+5 + 5*5+5 + 5*96+96
+    assert model.count_params() == 515 + 24 + 15 + 30 + 576
+
+
+def test_categorical_and_mixture_heads_on_8bit_data():
+    spec = DataSpec((8, 12, 2), "uint8", 10)
+    for likelihood, params in (("categorical", 512), ("logistic_mixture", 3 * 6)):
+        model = _model(
+            vae.Config(latent_dim=3, hidden=4, likelihood=likelihood, num_mixtures=3), spec
+        )
+        assert model.decode_params(tf.zeros([3, 3])).shape == (3, 8, 12, params)
+        logs = model.train_step(_batch(spec))
+        assert math.isfinite(float(logs["loss"]))
+        nats = -float(logs["elbo"])
+        assert math.isclose(float(logs["bits_per_dim"]), nats / (192 * math.log(2)), rel_tol=1e-4)
+
+
+def test_likelihood_and_data_mode_must_fit():
+    with pytest.raises(UsageError, match="does not fit"):
+        vae.build(vae.Config(likelihood="categorical"), SPEC, 1e-3)
+    with pytest.raises(UsageError, match="divisible by 4"):
+        vae.build(vae.small(), DataSpec((5, 7, 1), "binary_static", 10), 1e-3)
+    with pytest.raises(UsageError, match="kl='exact'"):
+        vae.Config(kl="exact")
+
+
+def test_analytic_kl_equals_the_monte_carlo_average():
+    model = _model()
+    x = _batch()["image"]
+    q = model.posterior(x)
+    z = q.sample(20_000, seed=[4, 4])
+    mc = tf.reduce_mean(q.log_prob(z) - model.prior().log_prob(z), 0)
+    analytic = vae.tfd.kl_divergence(q, model.prior())
+    np.testing.assert_allclose(mc, analytic, atol=0.05)
+
+
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k():
+    model = _model()
+    x = _batch(n=64)["image"]
+    seed = tf.constant([5, 5])
+    distortion, rate = model.elbo_terms(x, None, seed)
+    elbo = float(tf.reduce_mean(-(distortion + rate)))
+    bounds = [
+        float(tf.reduce_mean(model.iwae(x, None, k, model._batch_noise(x, seed))))
+        for k in (1, 8, 64)
+    ]
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert elbo < bounds[1]
+    assert abs(bounds[0] - elbo) < 0.05 * abs(elbo)  # IWAE_1 is a one-sample ELBO
+
+
+def test_streamed_iwae_equals_one_big_logsumexp():
+    model = _model()  # chunk=4
+    x = _batch()["image"]
+    eps = tf.random.stateless_normal([10, 3, 4], seed=[6, 6])
+    noise = lambda i, n: eps[i * 4 : i * 4 + n]  # noqa: E731 - chunks of 4, then the rest (2)
+    streamed = model.iwae(x, None, 10, noise)
+    direct = tf.reduce_logsumexp(model.log_weights(x, None, model.posterior(x), eps), 0)
+    np.testing.assert_allclose(streamed, direct - math.log(10), rtol=1e-5)
+
+
+def test_iwae_training_objective_is_the_iwae_bound():
+    model = _model(vae.Config(latent_dim=4, hidden=8, train_k=5))
+    logs = model.test_step(_batch())  # test_step reports the ELBO
+    assert math.isfinite(float(logs["elbo"]))
+    model.trackers["loss"].reset_state()
+    logs = model.train_step(_batch())
+    assert float(logs["loss"]) < -float(logs["elbo"])  # -IWAE_5 < -ELBO estimate
+
+
+def test_conditional_decoder_depends_on_the_label():
+    model = _model(vae.Config(latent_dim=4, hidden=8, conditional=True))
+    z = tf.zeros([2, 4])
+    a = model.decode_params(z, tf.constant([1, 1]))
+    b = model.decode_params(z, tf.constant([1, 7]))
+    np.testing.assert_allclose(a[0], b[0])
+    assert not np.allclose(a[1], b[1])
+
+
+def test_same_seed_same_samples_and_rows_are_independent():
+    model = _model()
+    seeds = rng.row_seeds(tf.constant([1, 2]), 3)
+    a = model._sample(seeds, None)["sample"]
+    b = model._sample(seeds, None)["sample"]
+    np.testing.assert_array_equal(a, b)
+    alone = model._sample(seeds[1:2], None)["sample"]
+    np.testing.assert_array_equal(a[1:2], alone)
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_training_on_mock_data_lowers_the_loss(mnist_dir, monkeypatch):
+    monkeypatch.setattr(data_lib, "network_available", lambda *a, **k: True)
+    # pixels in 0..50: sparse binary images, learnable (uniform noise would be at its optimum)
+    with tfds.testing.mock_data(num_examples=64, max_value=50, data_dir=mnist_dir):
+        data = ImageData(DataConfig(data_dir=mnist_dir), "train", training=True)
+        batches = list(data.dataset(32, steps=2))
+    model = vae.build(vae.small(), data.spec, 1e-2)
+    model.build_for_training(batches[0])
+    step = tf.function(model.train_step)
+    losses = []
+    for epoch in range(8):
+        for m in model.metrics:
+            m.reset_state()
+        for i, b in enumerate(batches):
+            logs = step(dict(b, seed=tf.constant([epoch, i])))
+        losses.append(float(logs["loss"]))
+    assert losses[-1] < losses[0] - 100.0, losses

@@ -1,0 +1,6 @@
+"""Command-line entry points: `python -m trainers.<family>`."""
+
+import os
+
+# Quiet TensorFlow's C++ info/warning logs unless the user asked for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
