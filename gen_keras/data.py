@@ -255,20 +255,18 @@ class ImageData:
         if self.num_examples == 0:
             raise UsageError(f"split {split!r} of {config.dataset!r} is empty")
         self._raw = raw.enumerate()
-        self._cached: dict[tuple[int, int], tf.data.Dataset] = {}
+        self._cached: tf.data.Dataset | None = None
         self._split_tag = zlib.crc32(split.encode()) % (2**31)
 
-    def _base(self, num_shards: int, shard: int) -> tf.data.Dataset:
-        key = (num_shards, shard)
-        if key not in self._cached:
-            ds = self._raw.shard(num_shards, shard) if num_shards > 1 else self._raw
-            ds = ds.cache()
+    def _base(self) -> tf.data.Dataset:
+        if self._cached is None:
+            ds = self._raw.cache()
             # Fill the cache in one full pass now. An iterator that stops early (a summary
             # batch, take(steps)) resets a half-written cache when it is destroyed, which
             # can race with another iterator and end it early ("End of sequence").
             ds.reduce(np.int64(0), lambda n, _: n + 1)
-            self._cached[key] = ds
-        return self._cached[key]
+            self._cached = ds
+        return self._cached
 
     def _preprocess(self, seed: int, epoch: int):
         mode, spec = self.spec.mode, self.spec
@@ -301,23 +299,23 @@ class ImageData:
         epoch: int = 0,
         skip: int = 0,
         steps: int | None = None,
-        input_context=None,
+        input_context: tf.distribute.InputContext | None = None,
     ) -> tf.data.Dataset:
-        """Batches of {"image", "label"}: batch_size is per input pipeline (per replica).
+        """Global batches of {"image", "label"}, or this input pipeline's replica batches.
 
         Training pipelines shuffle with (seed, epoch), repeat, drop remainders and start
-        `skip` batches in; evaluation pipelines keep order and the last partial batch.
+        `skip` global batches in; evaluation pipelines keep order and the last partial batch.
+
+        With an `input_context` (from `strategy.distribute_datasets_from_function`) every
+        pipeline builds the same global batches and keeps its slice, split into one element
+        per local replica: any number of workers and replicas train on exactly the batches
+        of a single worker (slices of a partial eval batch may be empty).
         """
-        num_shards = input_context.num_input_pipelines if input_context else 1
-        shard = input_context.input_pipeline_id if input_context else 0
-        ds = self._base(num_shards, shard)
+        ds = self._base()
         if self.training:
             shuffle_seed = (seed * 1_000_003 + epoch) % (2**31)
-            ds = ds.shuffle(
-                min(self.num_examples, _SHUFFLE_BUFFER),
-                seed=shuffle_seed,
-                reshuffle_each_iteration=True,
-            ).repeat()
+            buffer = min(self.num_examples, _SHUFFLE_BUFFER)
+            ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
         ds = ds.enumerate().map(
             self._preprocess(seed, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
@@ -326,6 +324,8 @@ class ImageData:
             ds = ds.skip(skip)
         if steps is not None:
             ds = ds.take(steps)
+        if input_context is not None:
+            ds = _replica_slices(ds, batch_size, input_context, self.training)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def steps_per_epoch(self, global_batch: int) -> int:
@@ -333,3 +333,19 @@ class ImageData:
         if self.training:
             return max(1, self.num_examples // global_batch)
         return -(-self.num_examples // global_batch)
+
+
+def _replica_slices(ds: tf.data.Dataset, global_batch: int, ctx, training: bool):
+    """Global batches -> this pipeline's per-replica slices, one element per local replica."""
+    per = ctx.get_per_replica_batch_size(global_batch)
+    local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    first = ctx.input_pipeline_id * local
+
+    def take(batch, replica):
+        part = {k: v[replica * per : (replica + 1) * per] for k, v in batch.items()}
+        if training:  # full batches: keep the static shape (XLA compiles once)
+            part = {k: tf.ensure_shape(v, [per, *v.shape[1:]]) for k, v in part.items()}
+        return part
+
+    replicas = tf.data.Dataset.range(first, first + local)
+    return ds.flat_map(lambda b: replicas.map(lambda r: take(b, r)))

@@ -57,6 +57,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             "TF_CONFIG" in os.environ,
             "strategy=multi_worker needs TF_CONFIG (cluster and task) in the environment",
         )
+        _configure_coordination()
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -67,8 +68,44 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
-def use_xla(flag: str) -> bool:
-    """on/off, or auto: XLA on GPU and TPU, off on CPU (measured slower there, see README)."""
+def _configure_coordination(shutdown_timeout_s: int = 120) -> None:
+    """MultiWorkerMirroredStrategy's coordination service, with a shutdown barrier.
+
+    Without it the leader (worker 0) exits as soon as it is done and the other workers
+    wait out a heartbeat timeout at exit (tensorflow#58434); with it every worker leaves
+    together. The rest is what the strategy would configure itself.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster.jobs
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=jobs,
+        shutdown_barrier_timeout_in_ms=shutdown_timeout_s * 1000,
+    )
+
+
+def use_xla(flag: str, strategy_name: str = "default") -> bool:
+    """on/off, or auto: XLA on GPU and TPU, off on CPU (measured slower there, see README).
+
+    Under a distribution strategy the optimizer's cross-replica sum cannot sit inside a
+    nested compiled function, so XLA is off there (TPUStrategy compiles everything anyway).
+    """
+    if strategy_name != "default":
+        check(
+            flag != "on",
+            f"jit_compile=on does not work with strategy={strategy_name} (the gradient "
+            "all-reduce cannot run inside a compiled step); use jit_compile=auto or off",
+        )
+        return False
     if flag != "auto":
         return flag == "on"
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
@@ -175,43 +212,55 @@ class _Run:
                     for i, (opt, _) in enumerate(self.model.optimizer_variables())
                 },
             )
-        directory = os.path.join(self.model_dir, "checkpoints")
-        if not self.chief:  # every worker saves (a collective op); only the chief keeps it
-            directory = os.path.join(
-                self.model_dir, f".worker-{self.strategy.cluster_resolver.task_id}"
-            )
+        self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
+        directory, keep = self.checkpoint_dir, train_config.keep_checkpoints
+        if not self.chief:
+            # Saving is a collective op, so every worker saves; the others keep only their
+            # latest checkpoint, in a hidden folder, and all restore from the chief's.
+            task_id = self.strategy.cluster_resolver.task_id
+            directory, keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint,
-            directory,
-            max_to_keep=train_config.keep_checkpoints,
-            step_counter=self.step,
+            self.checkpoint, directory, max_to_keep=keep, step_counter=self.step
         )
 
-    @property
-    def per_replica_batch(self) -> int:
-        return self.train_config.batch_size // self.replicas
-
     def restore(self) -> int:
-        """Restores the latest checkpoint, if any; returns the step reached."""
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(
-                self.manager.latest_checkpoint
-            ).assert_existing_objects_matched()
+        """Restores the chief's latest checkpoint, if any; returns the step reached."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.step.numpy())
+
+    def save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+
+    def barrier(self) -> None:
+        """Blocks until every worker gets here (a no-op with one worker)."""
+        if self.strategy.extended._in_multi_worker_mode():
+            tf.function(
+                lambda: self.strategy.reduce(
+                    "SUM", self.strategy.run(lambda: tf.constant(1.0)), axis=None
+                )
+            )()
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+    def writer(self, name: str):
+        """A TensorBoard writer on the chief; other workers write nothing."""
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        return tf.summary.create_file_writer(os.path.join(self.model_dir, name))
 
     def distributed(self, data: ImageData, **kwargs):
         return self.strategy.distribute_datasets_from_function(
-            lambda ctx: data.dataset(
-                ctx.get_per_replica_batch_size(self.train_config.batch_size),
-                input_context=ctx,
-                **kwargs,
-            )
+            lambda ctx: data.dataset(self.train_config.batch_size, input_context=ctx, **kwargs)
         )
 
 
 def _step_function(run: _Run, method, jit: bool):
     """A tf.function that runs method (train_step/test_step) on one batch per replica."""
-    step_fn = tf.function(method, jit_compile=jit)
+    step_fn = tf.function(method, jit_compile=True) if jit else method
     strategy, model = run.strategy, run.model
 
     @tf.function
@@ -248,7 +297,7 @@ def fit(
     """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it."""
     run = _Run(family, model_config, data_config, train_config)
     cfg, model = run.train_config, run.model
-    jit = use_xla(cfg.jit_compile)
+    jit = use_xla(cfg.jit_compile, cfg.strategy)
     if run.chief:
         os.makedirs(run.model_dir, exist_ok=True)
         _write_json(os.path.join(run.model_dir, RUN_RECORD), run.record)
@@ -258,9 +307,8 @@ def fit(
     base_seed = tf.constant([cfg.seed % (2**31), 1], tf.int32)
     eval_seed = tf.constant([cfg.seed % (2**31), 2], tf.int32)
     summary_seed = tf.constant([cfg.seed % (2**31), 3], tf.int32)
-    logdir = run.model_dir if run.chief else os.path.join(run.model_dir, ".worker-logs")
-    train_writer = tf.summary.create_file_writer(os.path.join(logdir, "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(logdir, "eval"))
+    train_writer, eval_writer = run.writer("train"), run.writer("eval")
+    verbose = verbose if run.chief else 0
     if step == 0:
         summaries.hparams(train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
     summary_batch = next(iter(run.eval_data.dataset(cfg.num_summary_images)))
@@ -290,7 +338,7 @@ def fit(
             run.step.assign(step)
             bad = _finite(logs)
             if bad is not None:
-                last = run.manager.latest_checkpoint or "none"
+                last = run.latest_checkpoint or "none"
                 raise TrainingError(
                     f"{bad} became {float(logs[bad])} at step {step}; stopped. "
                     f"The last good checkpoint is kept: {last}"
@@ -299,14 +347,14 @@ def fit(
             if step % cfg.log_every_steps == 0:
                 summaries.scalars(train_writer, logs, step)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                run.manager.save(checkpoint_number=step)
+                run.save(step)
         seconds = time.perf_counter() - start
         images_per_sec = (spe - offset) * cfg.batch_size / max(seconds, 1e-9)
         summaries.scalars(train_writer, {**logs, "images_per_sec": images_per_sec}, step)
         eval_logs = evaluate(run, eval_seed, jit, cfg.eval_steps)
         summaries.scalars(eval_writer, eval_logs, step)
         _epoch_pictures(run, eval_writer, summary_batch, summary_seed, epoch + 1, step)
-        run.manager.save(checkpoint_number=step)
+        run.save(step)
         train_writer.flush()
         eval_writer.flush()
         if verbose:
@@ -329,6 +377,7 @@ def fit(
         )
         if cfg.export:
             export_path = export_lib.export(model, cfg.export_dir, run.record["family"])
+    run.barrier()  # workers leave together: an early exit looks like a crash to the others
     return RunResult(model, step, eval_logs, final, export_path, run.model_dir)
 
 

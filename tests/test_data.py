@@ -83,14 +83,34 @@ def test_training_order_depends_on_seed_and_epoch_and_skip_resumes(mnist_dir):
     assert not np.array_equal(full, _images(data.dataset(16, seed=4, epoch=2, steps=8)))
 
 
-def test_sharding_splits_examples_between_pipelines(mnist_dir):
+def _contexts(pipelines, replicas):
+    return [tf.distribute.InputContext(pipelines, i, replicas) for i in range(pipelines)]
+
+
+@pytest.mark.parametrize("pipelines, replicas", [(2, 2), (1, 2), (2, 4)])
+def test_replicas_get_slices_of_exactly_the_single_worker_batches(mnist_dir, pipelines, replicas):
+    data = ImageData(small_data(mnist_dir, binarization="uint8"), "train[:128]", training=True)
+    single = list(data.dataset(16, seed=5, epoch=1, skip=1, steps=3))
+    per_pipeline = [
+        list(data.dataset(16, seed=5, epoch=1, skip=1, steps=3, input_context=c))
+        for c in _contexts(pipelines, replicas)
+    ]
+    local = replicas // pipelines
+    for step, batch in enumerate(single):
+        parts = [p[step * local + r] for p in per_pipeline for r in range(local)]
+        assert all(part["image"].shape == (16 // replicas, 28, 28, 1) for part in parts)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+
+
+def test_eval_slices_cover_the_split_once_with_equal_step_counts(mnist_dir):
     data = ImageData(small_data(mnist_dir, binarization="uint8"), "test[:40]", training=False)
-    ctx = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i) for i in range(2)]
-    halves = [_images(data.dataset(7, input_context=c)) for c in ctx]
-    assert [len(h) for h in halves] == [20, 20]
-    together = np.concatenate(halves)
+    parts = [list(data.dataset(16, input_context=c)) for c in _contexts(2, 2)]
+    assert len(parts[0]) == len(parts[1]) == 3  # the last global batch has 8: 8 + 0
+    assert [int(b["image"].shape[0]) for b in parts[1]] == [8, 8, 0]
+    together = np.concatenate([b["image"] for p in parts for b in p])
     np.testing.assert_array_equal(
-        np.sort(together.reshape(40, -1), 0), np.sort(_images(data.dataset(7)).reshape(40, -1), 0)
+        np.sort(together.reshape(40, -1), 0), np.sort(_images(data.dataset(16)).reshape(40, -1), 0)
     )
 
 

@@ -1,0 +1,94 @@
+"""tf.distribute: two local workers under MultiWorkerMirroredStrategy, bounded and cleaned up."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from tests.conftest import REPO
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _workers(args, n=2, timeout=420):
+    """Runs n trainer processes as one cluster; returns their CompletedProcess-like results."""
+    ports = _free_ports(n)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for i in range(n):
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            results.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results
+
+
+def _variables(checkpoint):
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {  # model weights, optimizer slots and step; not the object graph
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    }
+
+
+def test_two_workers_train_one_model_with_identical_weights(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    results = _workers(
+        [
+            "trainers.vae",
+            "--config=small",
+            "--strategy=multi_worker",
+            f"--data_dir={mnist_dir}",
+            "--train_split=train[:512]",
+            "--eval_split=test[:64]",
+            "--batch_size=32",
+            "--epochs=1",
+            "--steps_per_epoch=5",
+            f"--model_dir={run}",
+            "--noexport",
+            "--nodownload",
+        ]
+    )
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "final: elbo=" in out
+    chief = _variables(str(run / "checkpoints" / "ckpt-5"))
+    other = _variables(str(run / ".worker-1" / "ckpt-5"))
+    assert chief.keys() == other.keys() and len(chief) >= 30
+    for name in chief:
+        np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
+    metrics = json.load(open(run / "metrics.json"))
+    assert metrics["step"] == 5 and np.isfinite(metrics["final"]["nll_nats"])
