@@ -22,7 +22,8 @@ setup(
         "numpy>=2,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff==0.17.6"],
+        "serving": ["tensorflow-serving-api==2.21.0"],  # the gRPC client and its protos
+        "dev": ["pytest>=8", "ruff==0.17.6", "tensorflow-serving-api==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
     },
 )

@@ -123,6 +123,8 @@ def export(model, export_root: str, name: str | None = None, version: int | None
     """
     name = name or model.family
     functions = model.serving_functions()
+    if "sample" in functions:
+        functions["sample_png"] = _png_signature(functions["sample"], model.spec)
 
     def write(path):
         archive = keras.export.ExportArchive()
@@ -133,7 +135,78 @@ def export(model, export_root: str, name: str | None = None, version: int | None
             archive.add_endpoint(endpoint, fn)
         archive.write_out(path, verbose=False)
 
-    return write_versioned(os.path.join(export_root, name), write)
+    path = write_versioned(os.path.join(export_root, name), write)
+    write_models_config(export_root)
+    return path
+
+
+def _png_signature(sample, spec):
+    """sample_png(seed[, label]) -> png_bytes: each sampled image as a PNG string.
+
+    TF Serving's REST API returns outputs named *_bytes base64-encoded ({"b64": ...}).
+    Binary images are scaled to 0/255 so the PNG is visible.
+    """
+    scale = 255 if spec.binary else 1
+
+    def encode(images):
+        return tf.map_fn(
+            lambda im: tf.io.encode_png(im * scale), images, fn_output_signature=tf.string
+        )
+
+    if len(sample.input_signature) == 1:
+
+        def sample_png(seed):
+            return {"png_bytes": encode(sample(seed)["images"])}
+    else:
+
+        def sample_png(seed, label):
+            return {"png_bytes": encode(sample(seed, label)["images"])}
+
+    return tf.function(sample_png, input_signature=sample.input_signature)
+
+
+MODELS_CONFIG = "models.config"
+DOCKER_ROOT = "/models"  # where the tensorflow/serving image sees the export root mounted
+
+
+def exported_models(export_root: str) -> list[str]:
+    """Names of the models under export_root that have at least one integer version."""
+    if not os.path.isdir(export_root):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(export_root)
+        if not name.startswith(".") and versions(os.path.join(export_root, name))
+    )
+
+
+def render_models_config(names: list[str], base_path: str = DOCKER_ROOT) -> str:
+    """TF Serving's text-format ModelServerConfig listing `names` under `base_path`."""
+    entries = "".join(
+        "  config {\n"
+        f'    name: "{name}"\n'
+        f'    base_path: "{base_path.rstrip("/")}/{name}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        for name in names
+    )
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def write_models_config(export_root: str, base_path: str = DOCKER_ROOT) -> str:
+    """Writes <export_root>/models.config (`--model_config_file`) atomically; returns its path.
+
+    base_path defaults to /models, the mount point of `docker run -v
+    $PWD/saved_models:/models tensorflow/serving`; give the absolute export root for a
+    local tensorflow_model_server.
+    """
+    os.makedirs(export_root, exist_ok=True)
+    path = os.path.join(export_root, MODELS_CONFIG)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(render_models_config(exported_models(export_root), base_path))
+    os.replace(tmp, path)
+    return path
 
 
 def signature(fn, *specs, conditional: bool = False):
