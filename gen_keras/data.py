@@ -237,6 +237,48 @@ def _load_tfds(config: DataConfig, split: str):
     return ds, num_examples, shape, features["label"].num_classes
 
 
+EXAMPLE_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),  # raw uint8 pixels, row-major [H, W, C]
+    "label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def to_example(image: np.ndarray, label: int) -> bytes:
+    """uint8 [H, W, C] image and its label -> a serialized tf.train.Example."""
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def tfrecord_source(files, shape, num_classes: int, num_examples: int | None = None):
+    """Gzipped TFRecords of `to_example` records -> an ImageData source.
+
+    files: paths or glob patterns (TFX's FnArgs.train_files style).
+    """
+    paths = sorted(p for pattern in files for p in tf.io.gfile.glob(pattern))
+    if not paths:
+        raise UsageError(f"no TFRecord files match {list(files)}")
+    shape = tuple(int(s) for s in shape)
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, EXAMPLE_FEATURES)
+        image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
+        return {"image": image, "label": example["label"]}
+
+    ds = tf.data.TFRecordDataset(paths, compression_type="GZIP").map(parse)
+    if num_examples is None:
+        num_examples = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+    return ds, num_examples, shape, num_classes
+
+
+def load_raw(config: DataConfig, split: str):
+    """(dataset of {"image": uint8 [H, W, C], "label"}, num_examples, shape, num_classes)
+    for a split of the configured TFDS dataset or manual_dir, with no preprocessing."""
+    return (_load_manual if config.manual_dir else _load_tfds)(config, split)
+
+
 class ImageData:
     """One split of an image dataset: cached raw pixels and seeded per-epoch pipelines.
 
@@ -245,12 +287,13 @@ class ImageData:
     have seen.
     """
 
-    def __init__(self, config: DataConfig, split: str, training: bool):
+    def __init__(self, config: DataConfig, split: str, training: bool, source=None):
+        """source: (raw dataset, num_examples, shape, num_classes) to use instead of TFDS or
+        manual_dir, e.g. `tfrecord_source(...)` for ExampleGen output."""
         self.config = config
         self.split = split
         self.training = training
-        loader = _load_manual if config.manual_dir else _load_tfds
-        raw, self.num_examples, shape, num_classes = loader(config, split)
+        raw, self.num_examples, shape, num_classes = source or load_raw(config, split)
         self.spec = DataSpec(tuple(int(s) for s in shape), config.binarization, num_classes)
         if self.num_examples == 0:
             raise UsageError(f"split {split!r} of {config.dataset!r} is empty")

@@ -116,26 +116,43 @@ def write_versioned(model_root: str, write_fn, version: int | None = None) -> st
     return final
 
 
-def export(model, export_root: str, name: str | None = None, version: int | None = None) -> str:
-    """Exports model.serving_functions() as a servable SavedModel; returns the version dir.
+def save(model, path: str) -> None:
+    """Writes model.serving_functions() as a SavedModel at path (no versioning).
 
-    The first function (by convention `sample`) is also `serving_default`.
+    The first function (by convention `sample`) is also `serving_default`; generative
+    models also get `sample_png`.
     """
-    name = name or model.family
     functions = model.serving_functions()
     if "sample" in functions:
         functions["sample_png"] = _png_signature(functions["sample"], model.spec)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", functions[next(iter(functions))])
+    for endpoint, fn in functions.items():
+        archive.add_endpoint(endpoint, fn)
+    archive.write_out(path, verbose=False)
 
-    def write(path):
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        first = next(iter(functions))
-        archive.add_endpoint("serving_default", functions[first])
-        for endpoint, fn in functions.items():
-            archive.add_endpoint(endpoint, fn)
-        archive.write_out(path, verbose=False)
 
-    path = write_versioned(os.path.join(export_root, name), write)
+def export(model, export_root: str, name: str | None = None, version: int | None = None) -> str:
+    """Exports a servable SavedModel to <export_root>/<name>/<next version>/ atomically.
+
+    Refreshes <export_root>/models.config; returns the version directory.
+    """
+    path = write_versioned(
+        os.path.join(export_root, name or model.family), lambda tmp: save(model, tmp), version
+    )
+    write_models_config(export_root)
+    return path
+
+
+def push(saved_model_dir: str, export_root: str, name: str) -> str:
+    """Copies an existing SavedModel into <export_root>/<name>/<next version>/ atomically."""
+
+    def copy(tmp):
+        os.rmdir(tmp)  # copytree creates it
+        shutil.copytree(saved_model_dir, tmp)
+
+    path = write_versioned(os.path.join(export_root, name), copy)
     write_models_config(export_root)
     return path
 

@@ -183,7 +183,15 @@ def _finite(logs: dict) -> str | None:
 class _Run:
     """A model, its data, strategy, checkpoint and writers, built from configs."""
 
-    def __init__(self, family, model_config, data_config: DataConfig, train_config: TrainConfig):
+    def __init__(
+        self,
+        family,
+        model_config,
+        data_config: DataConfig,
+        train_config: TrainConfig,
+        train_data: ImageData | None = None,
+        eval_data: ImageData | None = None,
+    ):
         self.family = models.get(family)
         self.train_config = train_config
         self.strategy = make_strategy(train_config.strategy)
@@ -194,8 +202,8 @@ class _Run:
             f"batch_size={train_config.batch_size} must be divisible by the "
             f"{self.replicas} replicas of strategy={train_config.strategy}",
         )
-        self.train_data = ImageData(data_config, data_config.train_split, training=True)
-        self.eval_data = ImageData(data_config, data_config.eval_split, training=False)
+        self.train_data = train_data or ImageData(data_config, data_config.train_split, True)
+        self.eval_data = eval_data or ImageData(data_config, data_config.eval_split, False)
         self.spec: DataSpec = self.train_data.spec
         self.record = _record(family, model_config, data_config, train_config, self.spec)
         self.model_dir = train_config.model_dir
@@ -292,10 +300,19 @@ def evaluate(run: _Run, seed, jit: bool = False, steps: int | None = None) -> di
 
 
 def fit(
-    family: str, model_config, data_config: DataConfig, train_config: TrainConfig, verbose: int = 1
+    family: str,
+    model_config,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    verbose: int = 1,
+    train_data: ImageData | None = None,
+    eval_data: ImageData | None = None,
 ) -> RunResult:
-    """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it."""
-    run = _Run(family, model_config, data_config, train_config)
+    """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it.
+
+    train_data/eval_data replace the splits named in data_config (e.g. TFRecords).
+    """
+    run = _Run(family, model_config, data_config, train_config, train_data, eval_data)
     cfg, model = run.train_config, run.model
     jit = use_xla(cfg.jit_compile, cfg.strategy)
     if run.chief:

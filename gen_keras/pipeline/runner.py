@@ -1,0 +1,120 @@
+"""Runs components with metadata and caching, and the whole chain for one model family.
+
+pipeline_root/
+  metadata.sqlite                      executions, artifacts, events (lineage)
+  <component>/<execution id>/          each execution's outputs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+from gen_keras.pipeline import components
+from gen_keras.pipeline.metadata import Artifact, MetadataStore
+
+
+@dataclasses.dataclass
+class Step:
+    """One component's result in a pipeline run."""
+
+    component: str
+    execution_id: int
+    outputs: dict[str, Artifact]
+    cached: bool
+
+
+def cache_key(component: str, inputs: dict[str, Artifact], props: dict) -> str:
+    identity = {
+        "component": component,
+        "properties": props,
+        "inputs": {k: [a.type, a.id] for k, a in sorted(inputs.items())},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _outputs_exist(outputs: dict[str, Artifact]) -> bool:
+    return all(not a.uri or os.path.exists(a.uri) for a in outputs.values())
+
+
+def run_component(
+    store: MetadataStore,
+    root: str,
+    name: str,
+    fn,
+    inputs: dict,
+    props: dict,
+    use_cache: bool = True,
+) -> Step:
+    """Runs fn(inputs, props, output_dir) once per distinct (inputs, props), recorded in store.
+
+    A failed execution is recorded as failed and leaves no output artifacts.
+    """
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    key = cache_key(name, inputs, props)
+    hit = store.cached(key) if use_cache else None
+    if hit and _outputs_exist(hit[1]):
+        return Step(name, hit[0], hit[1], cached=True)
+    execution_id = store.start(name, props, key)
+    out = os.path.join(root, name, str(execution_id))
+    os.makedirs(out)
+    try:
+        outputs = fn(inputs, props, out)
+    except BaseException:
+        store.fail(execution_id)
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    store.finish(execution_id, inputs, outputs)
+    return Step(name, execution_id, outputs, cached=False)
+
+
+def latest_pushed(store: MetadataStore, model_name: str) -> Artifact | None:
+    """The newest PushedModel artifact that was pushed for model_name (the serving baseline)."""
+    pushed = [
+        a
+        for a in store.artifacts("PushedModel")
+        if a.properties.get("pushed")
+        and a.properties.get("model_name") == model_name
+        and os.path.exists(a.uri)
+    ]
+    return pushed[-1] if pushed else None
+
+
+def run_pipeline(
+    root: str, *, data: dict, trainer: dict, evaluator: dict, pusher: dict, use_cache: bool = True
+) -> list[Step]:
+    """ExampleGen -> Trainer -> Evaluator -> Pusher; returns the four steps in order.
+
+    data/trainer/evaluator/pusher are the components' execution properties.
+    """
+    os.makedirs(root, exist_ok=True)
+    store = MetadataStore(os.path.join(root, "metadata.sqlite"))
+    try:
+        run = lambda name, fn, inputs, props: run_component(  # noqa: E731
+            store, root, name, fn, inputs, props, use_cache
+        )
+        gen = run("ExampleGen", components.example_gen, {}, data)
+        examples = gen.outputs["examples"]
+        trained = run("Trainer", components.trainer, {"examples": examples}, trainer)
+        model = trained.outputs["model"]
+        baseline = latest_pushed(store, pusher["model_name"])
+        if baseline is not None and baseline.properties.get("source_model_id") == model.id:
+            baseline = None  # this very model is serving: nothing to compare, nothing to push
+        evaluated = run(
+            "Evaluator",
+            components.evaluator,
+            {"examples": examples, "model": model, "baseline": baseline},
+            evaluator,
+        )
+        pushed = run(
+            "Pusher",
+            components.pusher,
+            {"model": model, "blessing": evaluated.outputs["blessing"]},
+            pusher,
+        )
+        return [gen, trained, evaluated, pushed]
+    finally:
+        store.close()
