@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 
 import keras
@@ -34,6 +35,55 @@ _IDENTITY = {"model": None, "data": ("dataset", "binarization", "train_split", "
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last checkpoint is intact."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: a checkpoint of the current step was saved; rerun to resume."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+
+
+class _SigtermWatch:
+    """Turns SIGTERM into a flag read at step boundaries (main thread only).
+
+    With several workers the flag is summed over workers after every step, so all of them
+    save the same step and leave together; a signal to any one is a signal to all.
+    """
+
+    def __init__(self, run):
+        self.run, self.flag, self.previous = run, False, None
+        multi = run.strategy.extended._in_multi_worker_mode()
+        self._agree = (
+            tf.function(
+                lambda flag: run.strategy.reduce(
+                    tf.distribute.ReduceOp.SUM,
+                    run.strategy.run(lambda: tf.identity(flag)),
+                    axis=None,
+                )
+            )
+            if multi
+            else None
+        )
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.flag = True
+
+    def requested(self) -> bool:
+        if self._agree is None:
+            return self.flag
+        return bool(self._agree(tf.constant(int(self.flag))) > 0)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 @dataclasses.dataclass
@@ -311,6 +361,7 @@ def fit(
     """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it.
 
     train_data/eval_data replace the splits named in data_config (e.g. TFRecords).
+    Raises TrainingError on a non-finite value and Preempted on SIGTERM (after saving).
     """
     run = _Run(family, model_config, data_config, train_config, train_data, eval_data)
     cfg, model = run.train_config, run.model
@@ -319,73 +370,18 @@ def fit(
         os.makedirs(run.model_dir, exist_ok=True)
         _write_json(os.path.join(run.model_dir, RUN_RECORD), run.record)
     step = run.restore()
-    spe = cfg.steps_per_epoch or run.train_data.steps_per_epoch(cfg.batch_size)
-    total = cfg.epochs * spe
-    base_seed = tf.constant([cfg.seed % (2**31), 1], tf.int32)
-    eval_seed = tf.constant([cfg.seed % (2**31), 2], tf.int32)
-    summary_seed = tf.constant([cfg.seed % (2**31), 3], tf.int32)
-    train_writer, eval_writer = run.writer("train"), run.writer("eval")
-    verbose = verbose if run.chief else 0
+    loop = _Loop(run, jit, verbose if run.chief else 0)
     if step == 0:
-        summaries.hparams(train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
-    summary_batch = next(iter(run.eval_data.dataset(cfg.num_summary_images)))
-    train = _step_function(run, model.train_step, jit)
+        summaries.hparams(loop.train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
     eval_logs: dict = {}
-
-    while step < total:
-        epoch, offset = divmod(step, spe)
-        for m in model.metrics:
-            m.reset_state()
-        iterator = iter(
-            run.distributed(
-                run.train_data, seed=cfg.seed, epoch=epoch, skip=offset, steps=spe - offset
-            )
-        )
-        bar = keras.utils.Progbar(
-            spe, verbose=verbose, stateful_metrics=[m.name for m in model.metrics]
-        )
-        if verbose:
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}" + (f" (resumed at step {step})" if offset else "")
-            )
-        start, logs = time.perf_counter(), {}
-        for i in range(offset, spe):
-            logs = train(iterator, rng.fold_in(base_seed, step))
-            step += 1
-            run.step.assign(step)
-            bad = _finite(logs)
-            if bad is not None:
-                last = run.latest_checkpoint or "none"
-                raise TrainingError(
-                    f"{bad} became {float(logs[bad])} at step {step}; stopped. "
-                    f"The last good checkpoint is kept: {last}"
-                )
-            bar.update(i + 1, [(k, float(v)) for k, v in logs.items()])
-            if step % cfg.log_every_steps == 0:
-                summaries.scalars(train_writer, logs, step)
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                run.save(step)
-        seconds = time.perf_counter() - start
-        images_per_sec = (spe - offset) * cfg.batch_size / max(seconds, 1e-9)
-        summaries.scalars(train_writer, {**logs, "images_per_sec": images_per_sec}, step)
-        eval_logs = evaluate(run, eval_seed, jit, cfg.eval_steps)
-        summaries.scalars(eval_writer, eval_logs, step)
-        _epoch_pictures(run, eval_writer, summary_batch, summary_seed, epoch + 1, step)
-        run.save(step)
-        train_writer.flush()
-        eval_writer.flush()
-        if verbose:
-            print(
-                "  eval: "
-                + ", ".join(f"{k}={v:.4f}" for k, v in eval_logs.items())
-                + f"  ({images_per_sec:.0f} images/s)"
-            )
-
+    with _SigtermWatch(run) as sigterm:
+        while step < loop.total:
+            step, eval_logs = loop.epoch(step, sigterm)
     if not eval_logs:
-        eval_logs = evaluate(run, eval_seed, jit, cfg.eval_steps)
-    final = model.final_metrics(run.eval_data, eval_seed)
-    summaries.scalars(eval_writer, final, step, prefix="final/")
-    eval_writer.flush()
+        eval_logs = evaluate(run, loop.eval_seed, jit, cfg.eval_steps)
+    final = model.final_metrics(run.eval_data, loop.eval_seed)
+    summaries.scalars(loop.eval_writer, final, step, prefix="final/")
+    loop.eval_writer.flush()
     export_path = None
     if run.chief:
         _write_json(
@@ -396,6 +392,78 @@ def fit(
             export_path = export_lib.export(model, cfg.export_dir, run.record["family"])
     run.barrier()  # workers leave together: an early exit looks like a crash to the others
     return RunResult(model, step, eval_logs, final, export_path, run.model_dir)
+
+
+class _Loop:
+    """The per-epoch work of fit: steps, checks, summaries, evaluation, checkpoints."""
+
+    def __init__(self, run: _Run, jit: bool, verbose: int):
+        cfg = run.train_config
+        self.run, self.cfg, self.jit, self.verbose = run, cfg, jit, verbose
+        self.steps_per_epoch = cfg.steps_per_epoch or run.train_data.steps_per_epoch(cfg.batch_size)
+        self.total = cfg.epochs * self.steps_per_epoch
+        seed = cfg.seed % (2**31)
+        self.train_seed, self.eval_seed, self.summary_seed = (
+            tf.constant([seed, k], tf.int32) for k in (1, 2, 3)
+        )
+        self.train_writer, self.eval_writer = run.writer("train"), run.writer("eval")
+        self.summary_batch = next(iter(run.eval_data.dataset(cfg.num_summary_images)))
+        self.train = _step_function(run, run.model.train_step, jit)
+
+    def epoch(self, step: int, sigterm: _SigtermWatch) -> tuple[int, dict]:
+        """Trains from `step` to the end of its epoch; returns (step, eval logs)."""
+        run, cfg, model, spe = self.run, self.cfg, self.run.model, self.steps_per_epoch
+        epoch, offset = divmod(step, spe)
+        for m in model.metrics:
+            m.reset_state()
+        iterator = iter(
+            run.distributed(
+                run.train_data, seed=cfg.seed, epoch=epoch, skip=offset, steps=spe - offset
+            )
+        )
+        bar = keras.utils.Progbar(
+            spe, verbose=self.verbose, stateful_metrics=[m.name for m in model.metrics]
+        )
+        if self.verbose:
+            resumed = f" (resumed at step {step})" if offset else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}{resumed}", flush=True)
+        start, logs = time.perf_counter(), {}
+        for i in range(offset, spe):
+            logs = self.train(iterator, rng.fold_in(self.train_seed, step))
+            step += 1
+            run.step.assign(step)
+            bad = _finite(logs)
+            if bad is not None:
+                raise TrainingError(
+                    f"{bad} became {float(logs[bad])} at step {step}; stopped. "
+                    f"The last good checkpoint is kept: {run.latest_checkpoint or 'none'}"
+                )
+            bar.update(i + 1, [(k, float(v)) for k, v in logs.items()])
+            if step % cfg.log_every_steps == 0:
+                summaries.scalars(self.train_writer, logs, step)
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                run.save(step)
+            if sigterm.requested():
+                run.save(step)
+                self.train_writer.flush()
+                raise Preempted(
+                    f"preempted by SIGTERM at step {step}; saved "
+                    f"{run.latest_checkpoint}; rerun the same command to resume"
+                )
+        images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
+        summaries.scalars(self.train_writer, {**logs, "images_per_sec": images_per_sec}, step)
+        eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
+        summaries.scalars(self.eval_writer, eval_logs, step)
+        _epoch_pictures(
+            run, self.eval_writer, self.summary_batch, self.summary_seed, epoch + 1, step
+        )
+        run.save(step)
+        self.train_writer.flush()
+        self.eval_writer.flush()
+        if self.verbose:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in eval_logs.items())
+            print(f"  eval: {shown}  ({images_per_sec:.0f} images/s)", flush=True)
+        return step, eval_logs
 
 
 def _epoch_pictures(run, writer, batch, seed, epoch: int, step: int) -> None:

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -92,3 +94,61 @@ def test_two_workers_train_one_model_with_identical_weights(mnist_dir, tmp_path)
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     metrics = json.load(open(run / "metrics.json"))
     assert metrics["step"] == 5 and np.isfinite(metrics["final"]["nll_nats"])
+
+
+def test_sigterm_to_one_worker_stops_all_at_the_same_saved_step(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "trainers.vae",
+        "--config=small",
+        "--strategy=multi_worker",
+        f"--data_dir={mnist_dir}",
+        "--train_split=train[:512]",
+        "--eval_split=test[:64]",
+        "--batch_size=16",
+        "--epochs=1",
+        "--steps_per_epoch=400",
+        f"--model_dir={run}",
+        "--noexport",
+        "--nodownload",
+    ]
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-u", "-m", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for line in procs[0].stdout:  # the chief prints; wait until training runs
+            if line.startswith("epoch 1/1"):
+                break
+        time.sleep(3.0)
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [143, 143], [e[-1500:] for e in errs]
+    steps = {int(e.split("preempted by SIGTERM at step ")[1].split(";")[0]) for e in errs}
+    assert len(steps) == 1  # both saved the same step
+    (step,) = steps
+    assert 0 < step < 400
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
+    results = _workers(args)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert json.load(open(run / "metrics.json"))["step"] == 400

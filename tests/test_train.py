@@ -222,3 +222,44 @@ def test_killed_trainer_resumes_and_finishes_with_the_same_step_count(mnist_dir,
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     assert metrics["step"] == 30
     assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-30")
+
+
+def test_sigterm_saves_the_current_step_and_a_rerun_loses_nothing(mnist_dir, tmp_path):
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "trainers.vae",
+        "--config=small",
+        f"--data_dir={mnist_dir}",
+        "--train_split=train[:1024]",
+        "--eval_split=test[:64]",
+        "--batch_size=16",
+        "--epochs=2",
+        "--steps_per_epoch=300",
+        f"--model_dir={tmp_path / 'run'}",
+        "--noexport",
+        "--nodownload",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 1/2"):
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    step = int(err.split("preempted by SIGTERM at step ")[1].split(";")[0])
+    assert 0 < step < 600
+    latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert latest.endswith(f"ckpt-{step}")  # exactly the step reached: nothing lost
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert step % 300 == 0 or f"resumed at step {step}" in rerun.stdout
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 600

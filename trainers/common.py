@@ -101,7 +101,7 @@ def _parse(argv):
 
 def run(main) -> None:
     """app.run(main) where bad flags or configs exit 2, training failures exit 1, one line each."""
-    from gen_keras.train import TrainingError
+    from gen_keras.train import Preempted, TrainingError
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -113,6 +113,9 @@ def run(main) -> None:
         except TrainingError as e:
             sys.stderr.write(f"error: {e}\n")
             sys.exit(1)
+        except Preempted as e:
+            sys.stderr.write(f"{e}\n")
+            sys.exit(Preempted.exit_code)
 
     app.run(guarded, flags_parser=_parse)
 
