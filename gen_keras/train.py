@@ -304,6 +304,8 @@ def fit(
         images_per_sec = (spe - offset) * cfg.batch_size / max(seconds, 1e-9)
         summaries.scalars(train_writer, {**logs, "images_per_sec": images_per_sec}, step)
         eval_logs = evaluate(run, eval_seed, jit, cfg.eval_steps)
+        with eval_writer.as_default(step=step):
+            eval_logs.update(model.epoch_metrics(run.eval_data, eval_seed))
         summaries.scalars(eval_writer, eval_logs, step)
         _epoch_pictures(run, eval_writer, summary_batch, summary_seed, epoch + 1, step)
         run.manager.save(checkpoint_number=step)
