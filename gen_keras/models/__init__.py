@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae", "gan")
+FAMILIES = ("vae", "classifier", "gan")
 
 
 def get(family: str):
