@@ -334,3 +334,24 @@ def test_trainer_refuses_a_batch_that_n_critic_does_not_divide(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "batch_size=64 is not a multiple of n_critic=5" in errors[0]
+
+
+def test_compare_ranks_exports_of_every_family_on_one_table(
+    run, vae_run, mnist_classifier, tmp_path
+):
+    from benchmarks import compare
+
+    missing = str(tmp_path / "pixelcnn")  # a family not exported yet: listed, not fatal
+    text, rows, skipped = compare.compare(
+        [vae_run.export_path, run.export_path, missing], mnist_classifier.export_path, 200
+    )
+    assert skipped == [missing]
+    by_export = {r["export"]: r for r in rows}
+    assert set(by_export) == {vae_run.export_path, run.export_path}
+    assert by_export[vae_run.export_path]["binary"] and "fid_bin" in by_export[vae_run.export_path]
+    assert not by_export[run.export_path]["binary"]
+    assert f"features: {os.path.abspath(mnist_classifier.export_path)}" in text
+    ranked = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| 1 ")]
+    assert ranked == [min(rows, key=lambda r: r["fid"])["export"]]
+    with pytest.raises(UsageError, match="none of"):
+        compare.compare([missing], mnist_classifier.export_path, 200)

@@ -192,6 +192,7 @@ class GAN(GenerativeModel):
         self.trackers = {name: keras.metrics.Mean(name) for name in names}
         self._quality = None  # a metrics.SampleQuality, built on first use (not tracked)
         self._noted = False
+        self._sample_batch = None
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         """Two players, two optimizers; `optimizer` stays None."""
@@ -334,11 +335,17 @@ class GAN(GenerativeModel):
 
     def sample_images(self, n: int, seed, batch: int = 500) -> np.ndarray:
         """n samples as uint8 data-space images [n, H, W, C] (class-balanced if conditional)."""
-        fn = tf.function(lambda s, y: self.spec.to_data(self.sample(s, y)))
+        if self._sample_batch is None:  # one trace per model; a plain holder, not tracked
+            self._sample_batch = _Holder(
+                tf.function(
+                    lambda s, y: self.spec.to_data(self.sample(s, y)), reduce_retracing=True
+                )
+            )
         seeds = rng.row_seeds(seed, n)
-        labels = self._labels_for(n)
+        labels = tf.range(n, dtype=tf.int32) % self.spec.num_classes  # unused if unconditional
+        label = (lambda i: labels[i : i + batch]) if self.config.conditional else (lambda i: None)
         out = [
-            fn(seeds[i : i + batch], None if labels is None else labels[i : i + batch]).numpy()
+            self._sample_batch.value(seeds[i : i + batch], label(i)).numpy()
             for i in range(0, n, batch)
         ]
         return np.concatenate(out)
@@ -407,6 +414,13 @@ class GAN(GenerativeModel):
             "sample": export.signature(sample, export.SEED_SPEC, conditional=cond),
             "generate": export.signature(generate, z_spec, conditional=cond),
         }
+
+
+class _Holder:
+    """Keeps a value out of Keras and checkpoint tracking (a plain attribute holder)."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def build(config: Config, spec, learning_rate: float) -> GAN:
