@@ -262,6 +262,27 @@ def test_final_metrics_score_class_balanced_samples(run, mnist_classifier):
     assert samples.dtype == np.uint8 and samples.max() > 1
 
 
+def test_a_run_resumes_both_players_and_both_optimizers(run, mnist_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(run.model_dir, tmp_path / "run")
+    model, step = train.restore_model(str(tmp_path / "run"))
+    assert step == 8 and int(model.d_optimizer.iterations) == int(model.g_optimizer.iterations) == 8
+    for a, b in zip(model.get_weights(), run.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    cfg = small_train(tmp_path, steps_per_epoch=4, learning_rate=2e-3, epochs=3, export=False)
+    resumed = train.fit(
+        "gan",
+        run.model.config,
+        small_data(mnist_dir, binarization="float_symmetric"),
+        cfg,
+        verbose=0,
+    )
+    assert resumed.step == 12 and int(resumed.model.g_optimizer.iterations) == 12
+    eval_tags, _ = _events(str(tmp_path / "run" / "eval"))
+    assert eval_tags["fid"] == [4, 8, 12]
+
+
 def test_without_a_classifier_fid_is_off_and_says_so(tmp_path):
     model = _model()
     writer = tf.summary.create_file_writer(str(tmp_path))
@@ -313,6 +334,10 @@ def test_export_has_no_xla_and_no_stateful_rng(run):
     nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
     assert not {n.op for n in nodes} & STATEFUL_RNG
     assert not any(n.attr["_XlaMustCompile"].b for n in nodes)
+    # The classifier used for FID during training stays out of the export.
+    loaded = tf.saved_model.load(run.export_path)
+    scopes = {v.name.split("/")[0] for v in loaded.variables}
+    assert scopes == {"generator", "discriminator", "score", "projection"}, scopes
 
 
 def test_trainer_refuses_a_batch_that_n_critic_does_not_divide(tmp_path):
