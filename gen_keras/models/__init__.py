@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae", "classifier")
+FAMILIES = ("vae", "autoencoder", "classifier")
 
 
 def get(family: str):
