@@ -183,3 +183,45 @@ def test_export_round_trip(run):
             served("decode", z=np.full([1, 4], np.inf, np.float32))
     finally:
         served.close()
+
+
+def test_a_2d_trainer_run_writes_the_latent_pictures(mnist_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.autoencoder",
+            "--config=small",
+            "--latent_dim=2",
+            f"--data_dir={mnist_dir}",
+            "--train_split=train[:256]",
+            "--eval_split=test[:100]",
+            "--batch_size=32",
+            "--epochs=1",
+            "--steps_per_epoch=4",
+            "--noexport",
+            f"--model_dir={tmp_path}/run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "final: mse=" in result.stdout and "pictures:" in result.stdout
+    shapes = {
+        "scatter": (560, 640, 3),
+        "manifold": (20 * 29 + 1, 20 * 29 + 1, 1),
+        "interpolation": (8 * 29 + 1, 12 * 29 + 1, 1),
+    }
+    for name, shape in shapes.items():
+        png = tf.io.decode_png(tf.io.read_file(f"{tmp_path}/run/pictures/{name}.png"))
+        assert png.shape == shape, name
+    assert os.path.isfile(f"{tmp_path}/run/eval/projector_config.pbtxt")
+    z = np.loadtxt(f"{tmp_path}/run/eval/latents/z.tsv")
+    assert z.shape == (100, 2)

@@ -211,3 +211,15 @@ def test_projector_data_is_served_by_tensorboard(vae_run, mnist_dir, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_benchmark_label_subsets_are_balanced_and_seeded():
+    from benchmarks.features import label_subset
+
+    labels = np.repeat(np.arange(10), 50)[np.random.default_rng(0).permutation(500)]
+    a = label_subset(labels, 7, seed=1)
+    assert len(a) == 70 and len(set(a)) == 70
+    assert np.array_equal(np.bincount(labels[a], minlength=10), np.full(10, 7))
+    np.testing.assert_array_equal(a, label_subset(labels, 7, seed=1))
+    assert not np.array_equal(np.sort(a), np.sort(label_subset(labels, 7, seed=2)))
+    assert sorted(label_subset(labels, None, seed=0)) == list(range(500))

@@ -6,7 +6,9 @@ TensorBoard projector data into <model_dir>/eval.
 """
 
 import os
+import types
 
+import tensorflow as tf
 from absl import flags
 
 from gen_keras import pictures, train
@@ -46,7 +48,9 @@ def main(argv):
     cfg = common.train_config()
     result = train.fit("autoencoder", config, data, cfg, verbose=common.verbosity())
     common.report(result)
-    if FLAGS.pictures and train.is_chief(train.make_strategy(cfg.strategy)):
+    # Under multi-worker training only the chief writes (TF_CONFIG names it).
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if FLAGS.pictures and train.is_chief(types.SimpleNamespace(cluster_resolver=resolver)):
         eval_data = ImageData(data, data.eval_split, training=False)
         paths = pictures.write_all(
             result.model,
