@@ -161,3 +161,30 @@ def test_trainer_usage_error_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "need arch='encoder'" in errors[0], result.stderr[-2000:]
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_with_zero_fill():
+    x = tf.random.stateless_uniform([6, 8, 12, 1], [1, 1]) + 1.0  # no zeros inside
+    y = classifier.random_shift(x, 2, tf.constant([3, 4])).numpy()
+    again = classifier.random_shift(x, 2, tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(y, again)
+    offsets = set()
+    for img, out in zip(x.numpy(), y, strict=True):
+        match = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(out, _shifted(img, dy, dx))
+        ]
+        assert len(match) == 1
+        offsets.add(match[0])
+    assert len(offsets) > 1  # per-image offsets, not one for the batch
+
+
+def _shifted(img, dy, dx):
+    out = np.zeros_like(img)
+    h, w = img.shape[:2]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out

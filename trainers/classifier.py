@@ -26,6 +26,7 @@ flags.DEFINE_integer("filters", 32, "Channels of the first conv (the second has 
 flags.DEFINE_integer("latent_dim", 16, "arch=encoder: units of the code layer.")
 flags.DEFINE_integer("features", 128, "Units of the ReLU feature layer (0: none).")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate on the features during training.")
+flags.DEFINE_integer("shift", 2, "Training images move by up to this many pixels (0: none).")
 flags.DEFINE_string("init_from", "", "An autoencoder or VAE model_dir to initialise the trunk.")
 flags.DEFINE_bool("freeze_trunk", False, "Train only the layers after the trunk.")
 FLAGS = flags.FLAGS

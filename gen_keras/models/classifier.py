@@ -17,8 +17,9 @@ Two trunks:
   `features=0` that is a linear probe of the code.
 
 Networks see images in [0, 1] whatever the data mode (`to_unit`), so features of images from
-any family (e.g. GAN samples after their own `to_unit`) are comparable. Dropout draws its
-mask from the step's stateless seed.
+any family (e.g. GAN samples after their own `to_unit`) are comparable. Training moves each
+image by up to `shift` pixels (random translations) and drops features (`dropout`), both
+drawn from the step's stateless seed; evaluation, `features` and exports use neither.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export
+from gen_keras import export, rng
 from gen_keras.config import check, check_choice, check_positive
 from gen_keras.models.base import GenerativeModel, replica_mean
 
@@ -42,6 +43,7 @@ class Config:
     latent_dim: int = 16  # arch=encoder: units of the linear code layer (the encoder's z)
     features: int = 128  # units of the ReLU feature layer; 0: logits directly on the trunk
     dropout: float = 0.5  # on the features, in training only
+    shift: int = 2  # training images move by up to this many pixels each way (0: no shifts)
     init_from: str = ""  # arch=encoder: an autoencoder or VAE run (model_dir) to initialise from
     freeze_trunk: bool = False  # train only the layers after the trunk (linear probe)
 
@@ -51,6 +53,7 @@ class Config:
         check_positive("latent_dim", self.latent_dim)
         check(self.features >= 0, f"features={self.features} must be >= 0 (0: no feature layer)")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        check(self.shift >= 0, f"shift={self.shift} must be >= 0 (0: no shifts)")
         check(
             self.arch == "encoder" or not (self.init_from or self.freeze_trunk),
             f"init_from={self.init_from!r} and freeze_trunk={self.freeze_trunk} need "
@@ -64,7 +67,7 @@ class Config:
 
 def small() -> Config:
     """A seconds-to-train variant for tests."""
-    return Config(filters=8, features=32, dropout=0.25)
+    return Config(filters=8, features=32, dropout=0.25, shift=0)
 
 
 def reproduce() -> Config:
@@ -80,9 +83,26 @@ def probe(latent_dim: int, filters: int, init_from: str = "", freeze_trunk: bool
         latent_dim=latent_dim,
         features=0,
         dropout=0.0,
+        shift=0,
         init_from=init_from,
         freeze_trunk=freeze_trunk,
     )
+
+
+def random_shift(x, max_shift: int, seed):
+    """Moves each image [B, H, W, C] by its own integer (dy, dx) in [-max_shift, max_shift],
+    filling with zeros; the offsets come from the stateless seed int32 [2]."""
+    shape = tf.shape(x)
+    offsets = tf.random.stateless_uniform(
+        [shape[0], 2], seed, minval=-max_shift, maxval=max_shift + 1, dtype=tf.int32
+    )
+
+    def matrices(n, offset):  # [B, n, n]: row i picks source i - offset (zero if outside)
+        source = tf.range(n)[None, :] - offset[:, None]
+        return tf.one_hot(source, n, dtype=x.dtype)
+
+    rows, cols = matrices(shape[1], offsets[:, 0]), matrices(shape[2], offsets[:, 1])
+    return tf.einsum("bij,bjkc,blk->bilc", rows, x, cols)
 
 
 def encoder_trunk(filters: int, latent_dim: int, name: str = "trunk") -> keras.Sequential:
@@ -166,7 +186,11 @@ class Classifier(GenerativeModel):
         return self.logits(self.to_unit(x))
 
     def _logits_and_features(self, x, seed=None):
-        f = self.features(self.to_unit(x))
+        """Model-space x -> (logits, features); a seed adds the training shifts and dropout."""
+        u = self.to_unit(x)
+        if seed is not None and self.config.shift:
+            u = random_shift(u, self.config.shift, rng.fold_in(seed, 1))
+        f = self.features(u)
         if seed is not None and self.config.dropout > 0:
             f = tf.nn.experimental.stateless_dropout(f, self.config.dropout, seed=seed)
         return self.logit_layer(f), f
