@@ -453,6 +453,8 @@ class _Loop:
         images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
         summaries.scalars(self.train_writer, {**logs, "images_per_sec": images_per_sec}, step)
         eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
+        with self.eval_writer.as_default(step=step):
+            eval_logs.update(model.epoch_metrics(run.eval_data, self.eval_seed))
         summaries.scalars(self.eval_writer, eval_logs, step)
         _epoch_pictures(
             run, self.eval_writer, self.summary_batch, self.summary_seed, epoch + 1, step

@@ -63,3 +63,20 @@ def vae_run(mnist_dir, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vae_run")
     return train.fit("vae", vae.small(), small_data(mnist_dir), small_train(tmp), verbose=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_classifier(mnist_dir, tmp_path_factory):
+    """The small classifier convnet trained for 60 steps on 2048 real 8-bit MNIST digits and
+    exported: the feature network of the sample-quality tests (FID, KID, coverage)."""
+    import dataclasses
+
+    from gen_keras import train
+    from gen_keras.models import classifier
+
+    tmp = tmp_path_factory.mktemp("mnist_classifier")
+    data = dataclasses.replace(
+        small_data(mnist_dir, binarization="float"), train_split="train[:2048]"
+    )
+    cfg = small_train(tmp, batch_size=64, epochs=1, steps_per_epoch=60, learning_rate=3e-3)
+    return train.fit("classifier", classifier.small(), data, cfg, verbose=0)

@@ -54,6 +54,14 @@ class GenerativeModel(keras.Model):
         """{signature name: tf.function with an input_signature}; the first is the default."""
         raise NotImplementedError
 
+    def epoch_metrics(self, data, seed) -> dict:
+        """Extra eval scalars after every epoch (e.g. FID on a subsample); {} by default.
+
+        Called inside the eval writer's default context, so a model may also write its own
+        summaries (text, histograms) there; the scalars join the epoch's eval metrics.
+        """
+        return {}
+
     def final_metrics(self, data, seed) -> dict:
         """Extra end-of-run evaluation on an eval ImageData (e.g. an IWAE bound)."""
         return {}

@@ -1,0 +1,262 @@
+"""Image classifier: the supervised model that encoders initialise, and the FID/KID feature net.
+
+    trunk:    images in [0, 1] -> h                  (convolutions; see `arch`)
+    features: f = relu(W_f h + b_f)                  (or f = h when `features=0`)
+    logits:   l = W_l dropout(f) + b_l               p(y | x) = softmax(l)
+    loss = -log p(y | x), the cross-entropy in nats per image
+
+Two trunks:
+- `convnet` (the default, the feature network for FID/KID): two 3x3 conv + 2x2 max-pool
+  blocks (`filters`, 2 x `filters` channels), flattened; `features` = the 128-unit ReLU
+  layer named "features" that feeds the logits. It reaches >= 99.0% on MNIST
+  (LeCun et al. 1998's data; the architecture of the Keras MNIST convnet example).
+- `encoder`: exactly the convolutional encoder of `models.autoencoder` and `models.vae`
+  (two stride-2 3x3 convs with `filters` and 2 x `filters` channels, flattened, then a
+  linear `code` layer of `latent_dim` units), so those encoders' weights can initialise it
+  (`gen_keras.transfer`). `freeze_trunk` trains only the layers after the trunk: with
+  `features=0` that is a linear probe of the code.
+
+Networks see images in [0, 1] whatever the data mode (`to_unit`), so features of images from
+any family (e.g. GAN samples after their own `to_unit`) are comparable. Training moves each
+image by up to `shift` pixels (random translations) and drops features (`dropout`), both
+drawn from the step's stateless seed; evaluation, `features` and exports use neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from gen_keras import export, rng
+from gen_keras.config import check, check_choice, check_positive
+from gen_keras.models.base import GenerativeModel, replica_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Classifier architecture and its initialisation."""
+
+    arch: str = "convnet"  # convnet (pooling, the FID net) or encoder (the AE/VAE encoder)
+    filters: int = 32  # channels of the first conv; the second has 2x
+    latent_dim: int = 16  # arch=encoder: units of the linear code layer (the encoder's z)
+    features: int = 128  # units of the ReLU feature layer; 0: logits directly on the trunk
+    dropout: float = 0.5  # on the features, in training only
+    shift: int = 2  # training images move by up to this many pixels each way (0: no shifts)
+    init_from: str = ""  # arch=encoder: an autoencoder or VAE run (model_dir) to initialise from
+    freeze_trunk: bool = False  # train only the layers after the trunk (linear probe)
+
+    def __post_init__(self):
+        check_choice("arch", self.arch, ("convnet", "encoder"))
+        check_positive("filters", self.filters)
+        check_positive("latent_dim", self.latent_dim)
+        check(self.features >= 0, f"features={self.features} must be >= 0 (0: no feature layer)")
+        check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        check(self.shift >= 0, f"shift={self.shift} must be >= 0 (0: no shifts)")
+        check(
+            self.arch == "encoder" or not (self.init_from or self.freeze_trunk),
+            f"init_from={self.init_from!r} and freeze_trunk={self.freeze_trunk} need "
+            f"arch='encoder' (got arch={self.arch!r})",
+        )
+        check(
+            self.arch == "encoder" or self.features > 0,
+            "arch='convnet' needs features > 0: its feature layer is the FID feature layer",
+        )
+
+
+def small() -> Config:
+    """A seconds-to-train variant for tests."""
+    return Config(filters=8, features=32, dropout=0.25, shift=0)
+
+
+def reproduce() -> Config:
+    """The FID feature network: the default convnet (>= 99.0% MNIST test accuracy)."""
+    return Config()
+
+
+def probe(latent_dim: int, filters: int, init_from: str = "", freeze_trunk: bool = False):
+    """The encoder-shaped classifier with logits directly on the code (a linear head)."""
+    return Config(
+        arch="encoder",
+        filters=filters,
+        latent_dim=latent_dim,
+        features=0,
+        dropout=0.0,
+        shift=0,
+        init_from=init_from,
+        freeze_trunk=freeze_trunk,
+    )
+
+
+def random_shift(x, max_shift: int, seed):
+    """Moves each image [B, H, W, C] by its own integer (dy, dx) in [-max_shift, max_shift],
+    filling with zeros; the offsets come from the stateless seed int32 [2]."""
+    shape = tf.shape(x)
+    offsets = tf.random.stateless_uniform(
+        [shape[0], 2], seed, minval=-max_shift, maxval=max_shift + 1, dtype=tf.int32
+    )
+
+    def matrices(n, offset):  # [B, n, n]: row i picks source i - offset (zero if outside)
+        source = tf.range(n)[None, :] - offset[:, None]
+        return tf.one_hot(source, n, dtype=x.dtype)
+
+    rows, cols = matrices(shape[1], offsets[:, 0]), matrices(shape[2], offsets[:, 1])
+    return tf.einsum("bij,bjkc,blk->bilc", rows, x, cols)
+
+
+def encoder_trunk(filters: int, latent_dim: int, name: str = "trunk") -> keras.Sequential:
+    """The conv encoder shared by autoencoder, VAE and classifier: [B,H,W,C] -> [B, latent].
+
+    Layer order (what `gen_keras.transfer` copies): conv_1, conv_2, flatten, code.
+    """
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            layers.Conv2D(filters, 3, 2, "same", activation="relu", name="conv_1"),
+            layers.Conv2D(2 * filters, 3, 2, "same", activation="relu", name="conv_2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(latent_dim, name="code"),
+        ],
+        name=name,
+    )
+
+
+def convnet_trunk(filters: int, name: str = "trunk") -> keras.Sequential:
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv_1"),
+            layers.MaxPooling2D(2, name="pool_1"),
+            layers.Conv2D(2 * filters, 3, padding="same", activation="relu", name="conv_2"),
+            layers.MaxPooling2D(2, name="pool_2"),
+            layers.Flatten(name="flatten"),
+        ],
+        name=name,
+    )
+
+
+class Classifier(GenerativeModel):
+    """trunk -> feature layer -> logits; cross-entropy loss; accuracy tracked."""
+
+    family = "classifier"
+
+    def __init__(self, spec, config: Config, **kwargs):
+        super().__init__(spec, config, **kwargs)
+        h, w, _ = spec.shape
+        if config.arch == "encoder":
+            check(
+                h % 4 == 0 and w % 4 == 0,
+                f"arch='encoder' needs height and width divisible by 4, got {spec.shape}",
+            )
+            self.trunk = encoder_trunk(config.filters, config.latent_dim)
+        else:
+            check(h >= 4 and w >= 4, f"arch='convnet' needs images at least 4x4, got {spec.shape}")
+            self.trunk = convnet_trunk(config.filters)
+        self.trunk.trainable = not config.freeze_trunk
+        self.feature_layer = (
+            keras.layers.Dense(config.features, activation="relu", name="features")
+            if config.features
+            else None
+        )
+        self.logit_layer = keras.layers.Dense(spec.num_classes, name="logits")
+        self.trackers = {name: keras.metrics.Mean(name) for name in ("loss", "accuracy")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # -- the network ---------------------------------------------------------------------
+
+    def features(self, images):
+        """images float32 [B, H, W, C] in [0, 1] -> features float32 [B, F].
+
+        F = `features` units of the ReLU layer named "features" (the input of the logits
+        layer); with `features=0`, the trunk output (the code). The FID/KID features.
+        """
+        h = self.trunk(images)
+        return self.feature_layer(h) if self.feature_layer is not None else h
+
+    def logits(self, images):
+        """images float32 [B, H, W, C] in [0, 1] -> logits float32 [B, num_classes]."""
+        return self.logit_layer(self.features(images))
+
+    def call(self, x):
+        """Model-space images [B, H, W, C] -> logits [B, num_classes]."""
+        return self.logits(self.to_unit(x))
+
+    def _logits_and_features(self, x, seed=None):
+        """Model-space x -> (logits, features); a seed adds the training shifts and dropout."""
+        u = self.to_unit(x)
+        if seed is not None and self.config.shift:
+            u = random_shift(u, self.config.shift, rng.fold_in(seed, 1))
+        f = self.features(u)
+        if seed is not None and self.config.dropout > 0:
+            f = tf.nn.experimental.stateless_dropout(f, self.config.dropout, seed=seed)
+        return self.logit_layer(f), f
+
+    # -- training ------------------------------------------------------------------------
+
+    def _track(self, label, logits):
+        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label), tf.float32)
+        self.trackers["loss"].update_state(nll)
+        self.trackers["accuracy"].update_state(correct)
+        return {name: m.result() for name, m in self.trackers.items()}
+
+    def train_step(self, data):
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, _ = self._logits_and_features(data["image"], data["seed"])
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(data["label"], logits)
+            loss = replica_mean(nll)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return self._track(data["label"], logits)
+
+    def test_step(self, data):
+        return self._track(data["label"], self(data["image"]))
+
+    def final_metrics(self, data, seed) -> dict:
+        """Test accuracy, error count and cross-entropy (nats) over the whole eval split."""
+        del seed
+        logits_fn = tf.function(self.call)
+        correct = count = 0
+        nll_sum = 0.0
+        for batch in data.dataset(500):
+            logits = logits_fn(batch["image"])
+            label = batch["label"]
+            pred = tf.argmax(logits, -1, output_type=tf.int32)
+            correct += int(tf.reduce_sum(tf.cast(tf.equal(pred, label), tf.int32)))
+            nll_sum += float(
+                tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits))
+            )
+            count += int(label.shape[0])
+        return {
+            "accuracy": correct / count,
+            "errors": count - correct,
+            "nll": nll_sum / count,
+            "eval_examples": count,
+        }
+
+    # -- serving -------------------------------------------------------------------------
+
+    def serving_functions(self) -> dict:
+        spec = self.spec
+
+        def classify(images):
+            images = export.check_images(images, spec)
+            logits, features = self._logits_and_features(spec.to_model(images))
+            return {"logits": logits, "features": features}
+
+        return {"classify": export.signature(classify, export.image_spec(spec))}
+
+
+def build(config: Config, spec, learning_rate: float) -> Classifier:
+    model = Classifier(spec, config)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    if config.init_from:
+        from gen_keras import transfer  # imports the harness, which imports the models
+
+        transfer.init_from_run(model, config.init_from)
+    return model
