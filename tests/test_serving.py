@@ -193,8 +193,14 @@ def test_cli_usage_errors_exit_2_with_one_line(server):
 
 # -- signature checks every family's export must pass ---------------------------------
 
-FAMILY_SPECS = {
-    "vae": DataSpec((8, 12, 1), "binary_static", 10),
+FAMILY_SPECS = {  # a small data spec per family, and the signatures its export must have
+    "vae": (
+        DataSpec((8, 12, 1), "binary_static", 10),
+        {"sample", "log_prob", "encode", "decode", "reconstruct"},
+    ),
+    "autoencoder": (DataSpec((8, 12, 1), "binary_static", 10), {"encode", "decode", "reconstruct"}),
+    "classifier": (DataSpec((8, 12, 1), "float", 10), {"classify"}),
+    "gan": (DataSpec((8, 12, 1), "float_symmetric", 10), {"sample", "generate"}),
 }
 
 
@@ -220,7 +226,7 @@ def _inputs(sig, spec, n, seed):
 @pytest.mark.parametrize("family", sorted(models.FAMILIES))
 def test_every_family_export_passes_the_model_server_checks(family, tmp_path):
     assert family in FAMILY_SPECS, f"add a small DataSpec for {family!r} to FAMILY_SPECS"
-    module, spec = models.get(family), FAMILY_SPECS[family]
+    module, (spec, expected) = models.get(family), FAMILY_SPECS[family]
     model = module.build(module.small(), spec, 1e-3)
     model.build_for_training(
         {"image": tf.zeros([2, *spec.shape]), "label": tf.zeros([2], tf.int32)}
@@ -228,7 +234,7 @@ def test_every_family_export_passes_the_model_server_checks(family, tmp_path):
     path = export.export(model, str(tmp_path))
     first, second = Served(path), Served(path)
     try:
-        assert "serving_default" in first.signatures and "sample" in first.signatures
+        assert {"serving_default", *expected} <= set(first.signatures)
         for name, sig in first.signatures.items():
             for tensor in list(sig.inputs.values()) + list(sig.outputs.values()):
                 assert tensor.tensor_shape.dim[0].size == -1, (name, tensor)
@@ -237,10 +243,9 @@ def test_every_family_export_passes_the_model_server_checks(family, tmp_path):
             for key in a:
                 assert a[key].shape[0] == 3, (name, key)
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}/{key}")
-            if "seed" in sig.inputs:
-                big = _inputs(sig, spec, export.MAX_BATCH + 1, seed=1)
-                with pytest.raises(tf.errors.InvalidArgumentError, match="rows per request"):
-                    first(name, **big)
+            big = _inputs(sig, spec, export.MAX_BATCH + 1, seed=1)
+            with pytest.raises(tf.errors.InvalidArgumentError, match="rows per request"):
+                first(name, **big)
     finally:
         first.close()
         second.close()
@@ -260,5 +265,6 @@ def test_every_family_export_passes_the_model_server_checks(family, tmp_path):
         text=True,
         timeout=300,
     )
-    assert shown.returncode == 0 and "signature_def['sample']" in shown.stdout
+    assert shown.returncode == 0
+    assert all(f"signature_def['{name}']" in shown.stdout for name in expected)
     assert json.dumps(sorted(first.signatures))  # names are plain strings
