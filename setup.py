@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+SERVING = ["tensorflow-serving-api==2.21.0"]
+# RunInference's TensorFlow handler imports tensorflow_hub; [tfrecord] brings a CRC package.
+BEAM = ["apache-beam[tfrecord]==2.77.0", "tensorflow-hub==0.16.1"]
+
 setup(
     name="gen-keras",
     version="0.1.0",
@@ -22,8 +26,9 @@ setup(
         "numpy>=2,<3",
     ],
     extras_require={
-        "serving": ["tensorflow-serving-api==2.21.0"],  # the gRPC client and its protos
-        "dev": ["pytest>=8", "ruff==0.17.6", "tensorflow-serving-api==2.21.0"],
+        "serving": SERVING,  # the gRPC client and its protos
+        "beam": BEAM,  # batch inference on Apache Beam (pulls protobuf 6.x, which TF accepts)
+        "dev": ["pytest>=8", "ruff==0.17.6", *SERVING, *BEAM],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
     },
 )

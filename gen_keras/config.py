@@ -75,6 +75,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 50
     num_summary_images: int = 64
+    max_train_minutes: float | None = None  # stop training (then evaluate, export) after this
 
     def __post_init__(self):
         check_positive("batch_size", self.batch_size)
@@ -84,6 +85,7 @@ class TrainConfig:
         check_positive("learning_rate", self.learning_rate)
         check_positive("keep_checkpoints", self.keep_checkpoints)
         check_positive("log_every_steps", self.log_every_steps)
+        check_positive("max_train_minutes", self.max_train_minutes, allow_none=True)
         check(
             self.checkpoint_every_steps >= 0,
             f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0",

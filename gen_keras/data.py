@@ -176,7 +176,8 @@ def _prepared_builder(name: str, data_dir: str | None):
     return None
 
 
-def _load_tfds(config: DataConfig, split: str):
+def builder_for(config: DataConfig):
+    """The TFDS builder of config.dataset, prepared locally or downloaded; else UsageError."""
     try:
         builder = _prepared_builder(config.dataset, config.data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -207,6 +208,11 @@ def _load_tfds(config: DataConfig, split: str):
                 f"could not download dataset {config.dataset!r} into "
                 f"{builder.data_dir}: {str(e).splitlines()[0][:200]}"
             ) from None
+    return builder
+
+
+def _load_tfds(config: DataConfig, split: str):
+    builder = builder_for(config)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise UsageError(

@@ -8,6 +8,8 @@ randomness comes only from per-row `seed` inputs (int32 [N, 2]); no XLA inside.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+# What the export is, for tools (TF Serving ignores assets.extra/, except warmup requests).
+METADATA = os.path.join("assets.extra", "gen_keras.json")
 MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
 
 SEED_SPEC = tf.TensorSpec([None, 2], tf.int32, name="seed")
@@ -131,6 +135,21 @@ def save(model, path: str) -> None:
     for endpoint, fn in functions.items():
         archive.add_endpoint(endpoint, fn)
     archive.write_out(path, verbose=False)
+    metadata = {
+        "family": model.family,
+        "spec": model.spec.to_json(),
+        "config": dataclasses.asdict(model.config),
+        "signatures": ["serving_default", *functions],
+    }
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, METADATA), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+def read_metadata(path: str) -> dict:
+    """{"family", "spec", "config", "signatures"} of an export written by gen_keras."""
+    with open(os.path.join(path, METADATA)) as f:
+        return json.load(f)
 
 
 def export(model, export_root: str, name: str | None = None, version: int | None = None) -> str:

@@ -375,7 +375,7 @@ def fit(
         summaries.hparams(loop.train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
     eval_logs: dict = {}
     with _SigtermWatch(run) as sigterm:
-        while step < loop.total:
+        while step < loop.total and not loop.out_of_time():
             step, eval_logs = loop.epoch(step, sigterm)
     if not eval_logs:
         eval_logs = evaluate(run, loop.eval_seed, jit, cfg.eval_steps)
@@ -409,6 +409,12 @@ class _Loop:
         self.train_writer, self.eval_writer = run.writer("train"), run.writer("eval")
         self.summary_batch = next(iter(run.eval_data.dataset(cfg.num_summary_images)))
         self.train = _step_function(run, run.model.train_step, jit)
+        self.budget = 60 * cfg.max_train_minutes if cfg.max_train_minutes else None
+        self.deadline = None  # starts after the first step: data caching and tracing are free
+
+    def out_of_time(self) -> bool:
+        """True once max_train_minutes of training in this invocation are spent."""
+        return self.deadline is not None and time.monotonic() > self.deadline
 
     def epoch(self, step: int, sigterm: _SigtermWatch) -> tuple[int, dict]:
         """Trains from `step` to the end of its epoch; returns (step, eval logs)."""
@@ -429,7 +435,12 @@ class _Loop:
             print(f"epoch {epoch + 1}/{cfg.epochs}{resumed}", flush=True)
         start, logs = time.perf_counter(), {}
         for i in range(offset, spe):
+            if self.out_of_time():
+                spe = i  # the epoch ends here: evaluate and checkpoint what was trained
+                break
             logs = self.train(iterator, rng.fold_in(self.train_seed, step))
+            if self.budget and self.deadline is None:
+                self.deadline = time.monotonic() + self.budget
             step += 1
             run.step.assign(step)
             bad = _finite(logs)

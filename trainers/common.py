@@ -67,6 +67,11 @@ def define_flags(train: TrainConfig, data: DataConfig | None = None) -> None:
     flags.DEFINE_integer(
         "log_every_steps", train.log_every_steps, "Scalar summaries every N steps."
     )
+    flags.DEFINE_float(
+        "max_train_minutes",
+        train.max_train_minutes,
+        "Stop training after this many minutes of this run, then evaluate and export.",
+    )
 
 
 def _values(cls) -> dict:

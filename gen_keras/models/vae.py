@@ -70,7 +70,7 @@ def small() -> Config:
 
 def reproduce() -> Config:
     """Burda et al. (2015) one-stochastic-layer architecture: 784-200-200-50, tanh."""
-    return Config(arch="mlp", latent_dim=50, hidden=200, eval_k=5000, chunk=500)
+    return Config(arch="mlp", latent_dim=50, hidden=200, eval_k=5000, chunk=100)
 
 
 def likelihood_name(config: Config, spec) -> str:

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from gen_keras import export
+from gen_keras import export, scoring
 from gen_keras.config import DataConfig, UsageError, check, from_dict
 from gen_keras.data import load_raw, tfrecord_source, to_example
 from gen_keras.pipeline.fn_args import FnArgs
@@ -123,42 +123,18 @@ def _eval_batches(examples: Artifact, limit: int | None, batch: int = 256):
     return ds.batch(batch)
 
 
-def _to_data_space(images, binarization: str, index0: int):
-    """uint8 pixels -> the model's data space (binary modes draw like the training data)."""
-    if binarization == "binary_threshold":
-        return tf.cast(images >= 128, tf.uint8)
-    if binarization in ("binary_static", "binary_dynamic"):
-        n = tf.shape(images)[0]
-        seeds = tf.stack([tf.fill([n], 7), index0 + tf.range(n)], 1)
-        u = tf.map_fn(
-            lambda s: tf.random.stateless_uniform(images.shape[1:], s),
-            seeds,
-            fn_output_signature=tf.float32,
-        )
-        return tf.cast(u < tf.cast(images, tf.float32) / 255.0, tf.uint8)
-    return images
-
-
 def nll(model_dir: str, examples: Artifact, binarization: str, limit: int | None) -> dict:
     """Mean negative log-likelihood (nats per image, bits/dim) via the `log_prob` signature.
 
-    Uses the tightest bound a signature offers (`iwae` for a VAE, the exact `log_prob`
-    for autoregressive models). Seeds are fixed, so two models see the same noise.
+    Scores with `gen_keras.scoring.log_prob`, so two models see the same binarization and
+    noise for each image, and the Beam scoring job gives the same numbers.
     """
     signature = tf.saved_model.load(model_dir).signatures["log_prob"]
     total, count, dims = 0.0, 0, int(np.prod(examples.properties["image_shape"]))
     for batch in _eval_batches(examples, limit):
-        images = _to_data_space(batch["image"], binarization, count)
-        n = int(images.shape[0])
-        kwargs = {"images": images}
-        if "seed" in signature.structured_input_signature[1]:
-            kwargs["seed"] = tf.stack([tf.fill([n], 11), count + tf.range(n)], 1)
-        if "label" in signature.structured_input_signature[1]:
-            kwargs["label"] = tf.cast(batch["label"], tf.int32)
-        out = signature(**kwargs)
-        log_prob = out["iwae"] if "iwae" in out else out["log_prob"]
-        total += float(tf.reduce_sum(log_prob))
-        count += n
+        images, labels = batch["image"].numpy(), batch["label"].numpy()
+        total += float(scoring.log_prob(signature, images, binarization, labels).sum())
+        count += len(images)
     nats = -total / count
     return {
         "nll_nats": nats,
