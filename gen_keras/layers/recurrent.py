@@ -58,6 +58,10 @@ def unskew(x, width: int):
 
 def lstm_cell(preact, c_prev, groups: int):
     """One LSTM update. preact [..., 4u] in colour-block layout, c_prev [..., u] -> (c, h)."""
+    if groups == 1:
+        i, f, o, g = tf.split(preact, GATES, axis=-1)
+        c = tf.sigmoid(f) * c_prev + tf.sigmoid(i) * tf.tanh(g)
+        return c, tf.sigmoid(o) * tf.tanh(c)
     units = c_prev.shape[-1]
     shape = tf.shape(c_prev)
     gates = tf.reshape(preact, tf.concat([shape[:-1], [groups, GATES, units // groups]], 0))

@@ -339,10 +339,19 @@ class CachedStepper:
         self.residual = [r.column_matrix() for r in model.residual]
         self.out_hidden = model.output_hidden.column_matrix()
         self.out_params = model.output_params.column_matrix()
+        # One matmul per layer and pixel: [input window, state context] @ [input; state].
         if self.row_lstm:
-            self.inputs = [r.input_to_state.column_matrix() for r in model.recurrent]
+            self.gates = [
+                tf.concat([r.input_to_state.column_matrix(), r.state_kernel], 0)
+                for r in model.recurrent
+            ]
+            self.gate_bias = [r.input_to_state.bias for r in model.recurrent]
         else:
-            self.inputs = [r.forward_input.column_matrix() for r in model.recurrent]
+            self.gates = [
+                tf.concat([r.forward_input.column_matrix(), r.state_kernels[0]], 0)
+                for r in model.recurrent
+            ]
+            self.gate_bias = [r.forward_input.bias for r in model.recurrent]
 
     def _zeros(self, batch, cols, channels):
         return tf.zeros([batch, cols, channels])
@@ -398,24 +407,20 @@ class CachedStepper:
         for layer, rnn in enumerate(model.recurrent):
             inputs, cur_c, cur_h = state["buffers"][layer]
             above_a, above_b = state["above"][layer]
-            bias = state["biases"][layer]
+            bias = state["biases"][layer] + self.gate_bias[layer]
             if self.row_lstm:
                 inputs = _put(inputs, j + self.k_half, features)
-                window = _cols(inputs, j, self.k_half + 1)
-                pre = _pointwise(rnn.input_to_state, window, self.inputs[layer]) + bias
+                window = tf.reshape(_cols(inputs, j, self.k_half + 1), [batch, -1])
                 context = tf.reshape(_cols(above_b, j, 3), [batch, 3 * u])  # h at j-1, j, j+1
-                pre += tf.matmul(context, rnn.state_kernel)
+                pre = tf.matmul(tf.concat([window, context], 1), self.gates[layer]) + bias
                 c, h = lstm_cell(pre, tf.gather(above_a, j, axis=1), rnn.groups)
                 buffers.append((inputs, _put(cur_c, j, c), _put(cur_h, j, h)))
                 out = h
             else:
                 inputs = _put(inputs, j, features)
-                pre = _pointwise(rnn.forward_input, features[:, None], self.inputs[layer]) + bias
                 # (upper, left) neighbours, the order of the skewed 2 x 1 kernel
-                context = tf.concat(
-                    [tf.gather(above_a, j, axis=1), tf.gather(cur_h, j, axis=1)], -1
-                )
-                pre += tf.matmul(context, rnn.state_kernels[0])
+                up, left = tf.gather(above_a, j, axis=1), tf.gather(cur_h, j, axis=1)
+                pre = tf.matmul(tf.concat([features, up, left], 1), self.gates[layer]) + bias
                 c, h = lstm_cell(pre, tf.gather(cur_c, j, axis=1), rnn.groups)
                 buffers.append((inputs, _put(cur_c, j + 1, c), _put(cur_h, j + 1, h)))
                 out = h + tf.gather(above_b, j, axis=1)  # right-to-left h of (i-1, j)
