@@ -1,6 +1,6 @@
 """Trains a PixelRNN: `python -m trainers.pixelrnn --arch=row_lstm|diagonal_bilstm`.
 
-Defaults: static binarized MNIST, 4 recurrent layers of h=16, 2 epochs of batch 32; the
+Defaults: static binarized MNIST, 4 recurrent layers of h=16, 1 epoch of batch 32; the
 cost on 2 CPUs is in benchmarks/results_pixelrnn.md. `--config=reproduce` is the paper's
 7-layer MNIST model.
 """
@@ -14,7 +14,7 @@ from gen_keras.config import TrainConfig
 from gen_keras.models import pixelrnn
 from trainers import common
 
-common.define_flags(TrainConfig(epochs=2, batch_size=32, model_dir="runs/pixelrnn"))
+common.define_flags(TrainConfig(epochs=1, batch_size=32, model_dir="runs/pixelrnn"))
 flags.DEFINE_enum(
     "config",
     "default",

@@ -11,6 +11,12 @@ mask-B convolution to the head's parameters (Bernoulli logits for binary data, 2
 logits per sub-pixel for 8-bit data). Conditional models add a learned per-class bias to
 every recurrent layer's gate pre-activations.
 
+One addition to the paper: the first Diagonal BiLSTM layer's right-to-left direction also
+reads the pixel values at its own position (its output is used one row down, so this is
+causal). Without it the last pixel of row i-1 reaches features only through the mask-A
+convolution in row i at columns >= W-4, and pixels (i, j < W-4) never see it, at any
+depth; with it the receptive field is exactly the past (tests/test_pixelrnn.py).
+
 Sampling is raster order in a tf.while_loop. Both architectures sample with cached
 recurrent state: a pixel only evaluates its own position in every layer, reading the
 states of the row above (and, for the Diagonal BiLSTM, of the pixel to the left); at the
