@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae",)
+FAMILIES = ("vae", "pixelcnn")
 
 
 def get(family: str):
