@@ -80,6 +80,8 @@ def _write_pixel(x, i, j, value):
     return tf.tensor_scatter_nd_update(x, index, value)
 
 
+# The loops are explicit tf.while_loops: autograph would only slow tracing down (~3x).
+@tf.autograph.experimental.do_not_convert
 def raster_sample(stepper, head, spec, seeds, images=None, known=None) -> tf.Tensor:
     """Samples (or completes) images pixel by pixel with `stepper`; see the module doc.
 

@@ -190,3 +190,155 @@ def gate(features, groups: int = 1) -> tf.Tensor:
     split = tf.reshape(features, tf.concat([shape[:-1], [groups, 2, c // groups]], 0))
     out = tf.tanh(split[..., 0, :]) * tf.sigmoid(split[..., 1, :])
     return tf.reshape(out, tf.concat([shape[:-1], [c]], 0))
+
+
+def _matrix(conv: MaskedConv2D) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """(column_matrix, bias) of a layer as plain tensors, read once before a sampling loop."""
+    bias = None if conv.bias is None else tf.convert_to_tensor(conv.bias)
+    return conv.column_matrix(), bias
+
+
+def _dense(x, weights):
+    matrix, bias = weights
+    out = tf.matmul(x, matrix)
+    return out if bias is None else out + bias
+
+
+class ResidualBlock(keras.layers.Layer):
+    """PixelCNN residual block (van den Oord et al. 2016a, Fig. 5), with an optional label.
+
+    [B, H, W, 2c] -> ReLU -> 1x1 -> c -> ReLU -> kxk mask B (+ label bias) -> ReLU -> 1x1
+    -> 2c, added to the input. Every conv keeps the colour groups.
+    """
+
+    def __init__(self, channels, kernel_size=3, color_groups=1, num_classes=0, **kwargs):
+        super().__init__(**kwargs)
+        g = color_groups
+        self.reduce = MaskedConv2D(channels, 1, "B", g, name="reduce")
+        self.conv = MaskedConv2D(channels, kernel_size, "B", g, name="conv")
+        self.expand = MaskedConv2D(2 * channels, 1, "B", g, name="expand")
+        self.embed = keras.layers.Embedding(num_classes, channels) if num_classes else None
+
+    def call(self, x, label=None):
+        u = tf.nn.relu(self.reduce(tf.nn.relu(x)))
+        t = self.conv(u)
+        if self.embed is not None:
+            t += self.embed(label)[:, None, None]
+        return x + self.expand(tf.nn.relu(t))
+
+    # -- cached sampling: the caller keeps, per block, the last `conv.rows_before` rows of
+    # the conv input u (a ring [B, R, W, c]) and its last `conv.left` columns in the
+    # current row (a queue [B, left, c]).
+
+    def step_weights(self) -> tuple:
+        return _matrix(self.reduce), self.conv.column_matrix(), _matrix(self.expand)
+
+    def row_context(self, rows, label_bias=None):
+        """rows [B, R, W, c] of u above row i -> [W, B, c]: the conv's row part (+ label)."""
+        out = self.conv.from_rows(rows)
+        if label_bias is not None:
+            out += label_bias[:, None]
+        return tf.transpose(out, [1, 0, 2])
+
+    def at_pixel(self, weights, context, queue, x):
+        """x [B, 2c] at (i, j); context [B, c]; queue [B, left, c] -> (out [B, 2c], window).
+
+        window [B, left + 1, c] holds u at columns j-left .. j (its last entry is u(i, j)).
+        """
+        reduce, conv, expand = weights
+        u = tf.nn.relu(_dense(tf.nn.relu(x), reduce))
+        window = tf.concat([queue, u[:, None]], axis=1)
+        t = self.conv.from_columns(window, conv) + context
+        return x + _dense(tf.nn.relu(t), expand), window
+
+
+class GatedBlock(keras.layers.Layer):
+    """One layer of the Gated PixelCNN (van den Oord et al. 2016b, Fig. 2), no blind spot.
+
+    Vertical stack v: a kxk mask-V conv over rows <= i of v (v at row i depends only on
+    image rows < i), gated. Horizontal stack h: a 1xk mask-A (first layer) or mask-B conv
+    over row i up to column j, plus a 1x1 link from the vertical features, gated per
+    colour group; a 1x1 to the skip output and a 1x1 residual (no residual in the first
+    layer, whose input is the image; none at all in the last layer, `last=True`, whose
+    horizontal output would feed nothing). With classes, a label embedding biases both
+    gates.
+    Shapes: v [B, H, W, c_v], h [B, H, W, c_h] -> v [B, H, W, c], h [B, H, W, c],
+    skip [B, H, W, skip_channels].
+    """
+
+    def __init__(
+        self,
+        channels,
+        skip_channels,
+        kernel_size=3,
+        color_groups=1,
+        num_classes=0,
+        first=False,
+        last=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        c, g = channels, color_groups
+        self.channels, self.groups, self.first = c, g, first
+        self.v_conv = MaskedConv2D(2 * c, kernel_size, "V", name="v_conv")
+        self.h_conv = MaskedConv2D(2 * c, (1, kernel_size), "A" if first else "B", g, name="h_conv")
+        self.link = MaskedConv2D(2 * c, 1, "V", use_bias=False, name="link")
+        self.skip = MaskedConv2D(skip_channels, 1, "B", g, name="skip")
+        # The last layer's horizontal output would feed nothing: only its skip is built.
+        self.res = None if last else MaskedConv2D(c, 1, "B", g, name="res")
+        self.embed = keras.layers.Embedding(num_classes, 4 * c) if num_classes else None
+
+    def label_bias(self, label):
+        """int32 [B] -> (vertical, horizontal) gate biases, each [B, 2c]; (0, 0) without."""
+        if self.embed is None or label is None:
+            return 0.0, 0.0
+        e = self.embed(label)
+        return e[:, : 2 * self.channels], e[:, 2 * self.channels :]
+
+    def _output(self, g, h, skip_weights=None, res_weights=None):
+        """-> (h_out, or None in the last layer; skip)."""
+        if skip_weights is None:
+            skip = self.skip(g)
+            res = None if self.res is None else self.res(g)
+        else:
+            skip = _dense(g, skip_weights)
+            res = None if res_weights is None else _dense(g, res_weights)
+        if res is None:
+            return None, skip
+        return (res if self.first else h + res), skip
+
+    def call(self, v, h, label=None):
+        bias_v, bias_h = self.label_bias(label)
+        if label is not None and self.embed is not None:
+            bias_v, bias_h = bias_v[:, None, None], bias_h[:, None, None]
+        v_features = self.v_conv(v) + bias_v
+        h_features = self.h_conv(h) + self.link(v_features) + bias_h
+        h_out, skip = self._output(gate(h_features, self.groups), h)
+        return gate(v_features), h_out, skip
+
+    # -- cached sampling: the whole vertical stack of row i is computed when row i starts
+    # (it sees rows < i only); per pixel only the horizontal stack runs, on a queue of
+    # the last `kernel_size // 2` columns of its input.
+
+    def step_weights(self) -> tuple:
+        res = None if self.res is None else _matrix(self.res)
+        return self.h_conv.column_matrix(), _matrix(self.skip), res
+
+    def row_context(self, v_rows, bias_v=0.0, bias_h=0.0):
+        """v_rows [B, k//2 + 1, W, c_v] (v input rows i-k//2 .. i) -> (v row i [B, W, c],
+        the horizontal gate's row part [W, B, 2c]: link + bias + label)."""
+        v_features = self.v_conv.from_rows(v_rows) + _row(bias_v)
+        link = self.link.from_rows(v_features[:, None]) + self.h_conv.bias + _row(bias_h)
+        return gate(v_features), tf.transpose(link, [1, 0, 2])
+
+    def at_pixel(self, weights, context, window, h):
+        """window [B, k//2 + 1, c_h]: h input at columns j-k//2 .. j of row i; h [B, c_h] its
+        value at (i, j) (ignored in the first layer); context [B, 2c] -> (h_out, skip)."""
+        conv, skip, res = weights
+        g = gate(self.h_conv.from_columns(window, conv) + context, self.groups)
+        return self._output(g, h, skip, res)
+
+
+def _row(bias):
+    """A per-example bias [B, F] broadcast over a row [B, W, F] (or the scalar 0)."""
+    return bias if isinstance(bias, float) else bias[:, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae", "pixelrnn")
+FAMILIES = ("vae", "pixelcnn", "pixelrnn")
 
 
 def get(family: str):
