@@ -38,6 +38,7 @@ from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
 from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.layers.recurrent import GATES, DiagonalBiLSTM, RowLSTM, lstm_cell
 from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.pixelcnn import check_mask, top_half
 
 ARCHS = ("row_lstm", "diagonal_bilstm")
 FIRST_KERNEL = 7  # the 7 x 7 mask-A input convolution
@@ -149,6 +150,7 @@ class PixelRNN(GenerativeModel):
             else None
         )
         self.trackers = {n: keras.metrics.Mean(n) for n in ("loss", "bits_per_dim")}
+        self._pictures = _Pictures(self)
 
     @property
     def metrics(self):
@@ -249,17 +251,12 @@ class PixelRNN(GenerativeModel):
     def image_summaries(self, batch, seed) -> dict:
         """Samples, and completions of the bottom halves of eval images beside the originals."""
         n = int(batch["image"].shape[0])
-        if not hasattr(self, "_summary_fns"):
-            self._summary_fns = (tf.function(self.sample), tf.function(self.complete))
-        sample_fn, complete_fn = self._summary_fns
         seeds = rng.row_seeds(seed, n)
-        samples = sample_fn(seeds, self._labels_for(n))
+        samples = self._pictures.sample(seeds, self._labels_for(n))
         x = batch["image"][: n // 2]
         label = batch["label"][: n // 2] if self.config.conditional else None
-        known = tf.broadcast_to(
-            tf.range(self.spec.shape[0])[:, None, None] < self.spec.shape[0] // 2, tf.shape(x)
-        )
-        completed = complete_fn(x, known, seeds[: n // 2], label)
+        known = top_half(tf.shape(x), self.spec.shape[0])
+        completed = self._pictures.complete(x, known, seeds[: n // 2], label)
         pairs = tf.reshape(
             tf.stack([self.to_unit(x), self.to_unit(completed)], 1), [-1, *self.spec.shape]
         )
@@ -284,7 +281,7 @@ class PixelRNN(GenerativeModel):
         def complete(images, mask, seed, label=None):
             images = export.check_images(images, spec)
             n = tf.shape(images)[0]
-            mask = _check_mask(mask, n)
+            mask = check_mask(mask, n)
             seed = export.check_seed(seed, n)
             x = self.complete(spec.to_model(images), mask > 0, seed, label_for(label, n))
             return {"images": spec.to_data(x)}
@@ -299,18 +296,13 @@ class PixelRNN(GenerativeModel):
         }
 
 
-def _check_mask(mask, batch):
-    """Validates a completion mask uint8 [N, H, W, C] of 0/1 (1 = known); returns it."""
-    checks = [
-        tf.debugging.assert_equal(
-            tf.shape(mask)[0], batch, message="mask: needs one row per row of images"
-        ),
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(mask), tf.constant(1, tf.uint8), message="mask: values must be 0 or 1"
-        ),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.identity(mask)
+class _Pictures:
+    """The summary samplers as tf.functions, kept where checkpoints and exports ignore them
+    (a plain object: Keras and tf.Module do not track it)."""
+
+    def __init__(self, model):
+        self.sample = tf.function(model.sample)
+        self.complete = tf.function(model.complete)
 
 
 def build(config: Config, spec, learning_rate: float) -> PixelRNN:
