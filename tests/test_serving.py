@@ -201,6 +201,8 @@ FAMILY_SPECS = {  # a small data spec per family, and the signatures its export 
     "autoencoder": (DataSpec((8, 12, 1), "binary_static", 10), {"encode", "decode", "reconstruct"}),
     "classifier": (DataSpec((8, 12, 1), "float", 10), {"classify"}),
     "gan": (DataSpec((8, 12, 1), "float_symmetric", 10), {"sample", "generate"}),
+    "pixelcnn": (DataSpec((8, 12, 1), "binary_static", 10), {"sample", "log_prob", "complete"}),
+    "pixelrnn": (DataSpec((8, 12, 1), "binary_static", 10), {"sample", "log_prob", "complete"}),
 }
 
 

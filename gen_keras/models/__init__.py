@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae", "autoencoder", "classifier", "gan")
+FAMILIES = ("vae", "autoencoder", "classifier", "gan", "pixelcnn", "pixelrnn")
 
 
 def get(family: str):

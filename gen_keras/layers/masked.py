@@ -1,0 +1,344 @@
+"""Masked (causal) convolutions and the PixelCNN / Gated PixelCNN blocks built from them.
+
+Pixels are ordered in raster order (row by row, left to right) and, with `color_groups`
+G > 1, the G colour channels of a pixel in order R -> G -> B: feature channels are split
+into G contiguous blocks and block g of a layer's output may see block g' of its input at
+the same pixel only if g' < g (mask A) or g' <= g (mask B). Output at pixel (i, j):
+
+    mask "A": input rows above i (within the kernel) and row i left of j; at (i, j) itself
+              only earlier colour groups (nothing when G = 1). The first layer on images.
+    mask "B": the same plus the same colour group at (i, j). Every later layer.
+    mask "V": input rows <= i, all kernel columns (the vertical stack of the gated PixelCNN,
+              whose input at row i must itself depend only on rows < i). No colour groups.
+
+The kernel variable holds only the taps a mask can keep: the rows below the centre are
+never created (a 3x3 mask-B conv is a 2x3 kernel with explicit padding), and a 1xk kernel
+keeps only its left half and centre. The remaining mask (right of the centre, colour
+groups at the centre) is a numpy constant built once in `build`; `call` multiplies the
+kernel by it and never assigns to the variable.
+
+For cached sampling (Ramachandran et al. 2017) a layer's output at (i, j) is split into
+`from_rows` (the rows fully known when row i starts; computed once per row, with the
+bias) plus `from_columns` (the current row's taps at columns j - kw//2 .. j; one small
+matmul per pixel). Their sum equals `call` up to float rounding.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from gen_keras.config import check, check_choice
+
+MASK_TYPES = ("A", "B", "V")
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def causal_mask(
+    rows: int, cols: int, cin: int, cout: int, mask_type: str, groups: int, centre_col: int
+) -> np.ndarray:
+    """float32 [rows, cols, cin, cout] mask of a cropped kernel whose last row is row i.
+
+    Column `centre_col` of the last row is pixel (i, j); columns after it are zero for A/B.
+    """
+    mask = np.ones((rows, cols, cin, cout), np.float32)
+    if mask_type == "V":
+        return mask
+    mask[-1, centre_col + 1 :] = 0.0
+    group_in = np.arange(cin) // (cin // groups)
+    group_out = np.arange(cout) // (cout // groups)
+    allowed = group_in[:, None] < group_out[None, :]
+    if mask_type == "B":
+        allowed |= group_in[:, None] == group_out[None, :]
+    mask[-1, centre_col] = allowed.astype(np.float32)
+    return mask
+
+
+class MaskedConv2D(keras.layers.Layer):
+    """A stride-1 convolution whose output at (i, j) sees only inputs that precede it.
+
+    Input float32 [batch, height, width, cin] -> [batch, height, width, filters]; height
+    and width are preserved (zero padding). `kernel_size` entries must be odd. See the
+    module docstring for mask types and colour groups; cin and filters must be multiples
+    of color_groups.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        mask_type: str = "B",
+        color_groups: int = 1,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        kh, kw = _pair(kernel_size)
+        check(kh % 2 == 1 and kw % 2 == 1, f"kernel_size={kernel_size!r} must be odd")
+        check_choice("mask_type", mask_type, MASK_TYPES)
+        check(
+            mask_type != "V" or color_groups == 1,
+            f"mask_type='V' sees whole rows; color_groups={color_groups} must be 1",
+        )
+        self.filters = filters
+        self.kernel_size = (kh, kw)
+        self.mask_type = mask_type
+        self.color_groups = color_groups
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Cropped kernel geometry: kh//2 rows above plus the centre row; a single-row
+        # A/B kernel also drops the columns right of the centre.
+        self.kernel_rows = kh // 2 + 1
+        self.kernel_cols = kw if (kh > 1 or mask_type == "V") else kw // 2 + 1
+        self.left = kw // 2
+        self.right = self.kernel_cols - 1 - self.left
+        # Rows of the input fully known when output row i starts: above i, and i for "V".
+        self.rows_before = self.kernel_rows if mask_type == "V" else self.kernel_rows - 1
+
+    def build(self, input_shape):
+        cin = int(input_shape[-1])
+        g = self.color_groups
+        check(
+            cin % g == 0 and self.filters % g == 0,
+            f"input channels {cin} and filters {self.filters} must be multiples of "
+            f"color_groups={g}",
+        )
+        shape = (self.kernel_rows, self.kernel_cols, cin, self.filters)
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape, initializer=self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
+        mask = causal_mask(*shape, self.mask_type, g, centre_col=self.left)
+        self._mask = None if mask.all() else mask  # built once; None: nothing to mask
+        self.input_channels = cin
+
+    def masked_kernel(self) -> tf.Tensor:
+        """float32 [kernel_rows, kernel_cols, cin, filters]: the kernel times its mask."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        return kernel if self._mask is None else kernel * self._mask
+
+    def call(self, x):
+        out = tf.nn.conv2d(
+            x,
+            self.masked_kernel(),
+            strides=1,
+            padding=[[0, 0], [self.kernel_rows - 1, 0], [self.left, self.right], [0, 0]],
+        )
+        return out if self.bias is None else out + self.bias
+
+    # -- cached sampling -----------------------------------------------------------------
+
+    def from_rows(self, rows) -> tf.Tensor:
+        """rows float32 [B, rows_before, W, cin] (input rows i-rows_before .. ) -> [B, W, F].
+
+        The output row i's part from rows known at its start, plus the bias.
+        """
+        if self.rows_before == 0:
+            shape = tf.concat([tf.shape(rows)[:1], tf.shape(rows)[2:3], [self.filters]], 0)
+            out = tf.zeros(shape, rows.dtype)
+        else:
+            kernel = self.masked_kernel()[: self.rows_before]
+            out = tf.nn.conv2d(
+                rows, kernel, 1, padding=[[0, 0], [0, 0], [self.left, self.right], [0, 0]]
+            )[:, 0]
+        return out if self.bias is None else out + self.bias
+
+    def column_matrix(self) -> tf.Tensor:
+        """float32 [(kw//2 + 1) * cin, F]: the current row's taps, for `from_columns`."""
+        return tf.reshape(self.masked_kernel()[-1, : self.left + 1], [-1, self.filters])
+
+    def from_columns(self, window, matrix) -> tf.Tensor:
+        """window float32 [B, kw//2 + 1, cin] (row i, columns j-kw//2 .. j) -> [B, F].
+
+        `matrix` is `column_matrix()`, computed once outside the sampling loop. No bias.
+        """
+        return tf.matmul(tf.reshape(window, [tf.shape(window)[0], -1]), matrix)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            mask_type=self.mask_type,
+            color_groups=self.color_groups,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+def gate(features, groups: int = 1) -> tf.Tensor:
+    """Gated unit tanh(a) * sigmoid(b): [..., 2c] -> [..., c], per colour group.
+
+    Each of the `groups` contiguous blocks of 2c/groups channels holds its own (a, b)
+    halves, so output group g depends only on input group g (colour order is kept).
+    """
+    if groups == 1:
+        a, b = tf.split(features, 2, axis=-1)
+        return tf.tanh(a) * tf.sigmoid(b)
+    shape = tf.shape(features)
+    c = features.shape[-1] // 2
+    split = tf.reshape(features, tf.concat([shape[:-1], [groups, 2, c // groups]], 0))
+    out = tf.tanh(split[..., 0, :]) * tf.sigmoid(split[..., 1, :])
+    return tf.reshape(out, tf.concat([shape[:-1], [c]], 0))
+
+
+def _matrix(conv: MaskedConv2D) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """(column_matrix, bias) of a layer as plain tensors, read once before a sampling loop."""
+    bias = None if conv.bias is None else tf.convert_to_tensor(conv.bias)
+    return conv.column_matrix(), bias
+
+
+def _dense(x, weights):
+    matrix, bias = weights
+    out = tf.matmul(x, matrix)
+    return out if bias is None else out + bias
+
+
+class ResidualBlock(keras.layers.Layer):
+    """PixelCNN residual block (van den Oord et al. 2016a, Fig. 5), with an optional label.
+
+    [B, H, W, 2c] -> ReLU -> 1x1 -> c -> ReLU -> kxk mask B (+ label bias) -> ReLU -> 1x1
+    -> 2c, added to the input. Every conv keeps the colour groups.
+    """
+
+    def __init__(self, channels, kernel_size=3, color_groups=1, num_classes=0, **kwargs):
+        super().__init__(**kwargs)
+        g = color_groups
+        self.reduce = MaskedConv2D(channels, 1, "B", g, name="reduce")
+        self.conv = MaskedConv2D(channels, kernel_size, "B", g, name="conv")
+        self.expand = MaskedConv2D(2 * channels, 1, "B", g, name="expand")
+        self.embed = keras.layers.Embedding(num_classes, channels) if num_classes else None
+
+    def call(self, x, label=None):
+        u = tf.nn.relu(self.reduce(tf.nn.relu(x)))
+        t = self.conv(u)
+        if self.embed is not None:
+            t += self.embed(label)[:, None, None]
+        return x + self.expand(tf.nn.relu(t))
+
+    # -- cached sampling: the caller keeps, per block, the last `conv.rows_before` rows of
+    # the conv input u (a ring [B, R, W, c]) and its last `conv.left` columns in the
+    # current row (a queue [B, left, c]).
+
+    def step_weights(self) -> tuple:
+        return _matrix(self.reduce), self.conv.column_matrix(), _matrix(self.expand)
+
+    def row_context(self, rows, label_bias=None):
+        """rows [B, R, W, c] of u above row i -> [W, B, c]: the conv's row part (+ label)."""
+        out = self.conv.from_rows(rows)
+        if label_bias is not None:
+            out += label_bias[:, None]
+        return tf.transpose(out, [1, 0, 2])
+
+    def at_pixel(self, weights, context, queue, x):
+        """x [B, 2c] at (i, j); context [B, c]; queue [B, left, c] -> (out [B, 2c], window).
+
+        window [B, left + 1, c] holds u at columns j-left .. j (its last entry is u(i, j)).
+        """
+        reduce, conv, expand = weights
+        u = tf.nn.relu(_dense(tf.nn.relu(x), reduce))
+        window = tf.concat([queue, u[:, None]], axis=1)
+        t = self.conv.from_columns(window, conv) + context
+        return x + _dense(tf.nn.relu(t), expand), window
+
+
+class GatedBlock(keras.layers.Layer):
+    """One layer of the Gated PixelCNN (van den Oord et al. 2016b, Fig. 2), no blind spot.
+
+    Vertical stack v: a kxk mask-V conv over rows <= i of v (v at row i depends only on
+    image rows < i), gated. Horizontal stack h: a 1xk mask-A (first layer) or mask-B conv
+    over row i up to column j, plus a 1x1 link from the vertical features, gated per
+    colour group; a 1x1 to the skip output and a 1x1 residual (no residual in the first
+    layer, whose input is the image; none at all in the last layer, `last=True`, whose
+    horizontal output would feed nothing). With classes, a label embedding biases both
+    gates.
+    Shapes: v [B, H, W, c_v], h [B, H, W, c_h] -> v [B, H, W, c], h [B, H, W, c],
+    skip [B, H, W, skip_channels].
+    """
+
+    def __init__(
+        self,
+        channels,
+        skip_channels,
+        kernel_size=3,
+        color_groups=1,
+        num_classes=0,
+        first=False,
+        last=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        c, g = channels, color_groups
+        self.channels, self.groups, self.first = c, g, first
+        self.v_conv = MaskedConv2D(2 * c, kernel_size, "V", name="v_conv")
+        self.h_conv = MaskedConv2D(2 * c, (1, kernel_size), "A" if first else "B", g, name="h_conv")
+        self.link = MaskedConv2D(2 * c, 1, "V", use_bias=False, name="link")
+        self.skip = MaskedConv2D(skip_channels, 1, "B", g, name="skip")
+        # The last layer's horizontal output would feed nothing: only its skip is built.
+        self.res = None if last else MaskedConv2D(c, 1, "B", g, name="res")
+        self.embed = keras.layers.Embedding(num_classes, 4 * c) if num_classes else None
+
+    def label_bias(self, label):
+        """int32 [B] -> (vertical, horizontal) gate biases, each [B, 2c]; (0, 0) without."""
+        if self.embed is None or label is None:
+            return 0.0, 0.0
+        e = self.embed(label)
+        return e[:, : 2 * self.channels], e[:, 2 * self.channels :]
+
+    def _output(self, g, h, skip_weights=None, res_weights=None):
+        """-> (h_out, or None in the last layer; skip)."""
+        if skip_weights is None:
+            skip = self.skip(g)
+            res = None if self.res is None else self.res(g)
+        else:
+            skip = _dense(g, skip_weights)
+            res = None if res_weights is None else _dense(g, res_weights)
+        if res is None:
+            return None, skip
+        return (res if self.first else h + res), skip
+
+    def call(self, v, h, label=None):
+        bias_v, bias_h = self.label_bias(label)
+        if label is not None and self.embed is not None:
+            bias_v, bias_h = bias_v[:, None, None], bias_h[:, None, None]
+        v_features = self.v_conv(v) + bias_v
+        h_features = self.h_conv(h) + self.link(v_features) + bias_h
+        h_out, skip = self._output(gate(h_features, self.groups), h)
+        return gate(v_features), h_out, skip
+
+    # -- cached sampling: the whole vertical stack of row i is computed when row i starts
+    # (it sees rows < i only); per pixel only the horizontal stack runs, on a queue of
+    # the last `kernel_size // 2` columns of its input.
+
+    def step_weights(self) -> tuple:
+        res = None if self.res is None else _matrix(self.res)
+        return self.h_conv.column_matrix(), _matrix(self.skip), res
+
+    def row_context(self, v_rows, bias_v=0.0, bias_h=0.0):
+        """v_rows [B, k//2 + 1, W, c_v] (v input rows i-k//2 .. i) -> (v row i [B, W, c],
+        the horizontal gate's row part [W, B, 2c]: link + bias + label)."""
+        v_features = self.v_conv.from_rows(v_rows) + _row(bias_v)
+        link = self.link.from_rows(v_features[:, None]) + self.h_conv.bias + _row(bias_h)
+        return gate(v_features), tf.transpose(link, [1, 0, 2])
+
+    def at_pixel(self, weights, context, window, h):
+        """window [B, k//2 + 1, c_h]: h input at columns j-k//2 .. j of row i; h [B, c_h] its
+        value at (i, j) (ignored in the first layer); context [B, 2c] -> (h_out, skip)."""
+        conv, skip, res = weights
+        g = gate(self.h_conv.from_columns(window, conv) + context, self.groups)
+        return self._output(g, h, skip, res)
+
+
+def _row(bias):
+    """A per-example bias [B, F] broadcast over a row [B, W, F] (or the scalar 0)."""
+    return bias if isinstance(bias, float) else bias[:, None]

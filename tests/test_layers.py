@@ -1,0 +1,135 @@
+"""Masked convolutions: exact causality per mask and colour group, cropping, mask built once."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gen_keras.config import UsageError
+from gen_keras.layers import MaskedConv2D, causal_mask, gate
+
+H, W = 5, 7  # distinct sizes: a swapped axis fails
+
+
+def _jacobian(layer, x):
+    """d out[0, i, j, f] / d x[0, i', j', c] as numpy [H, W, F, H, W, C]."""
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    jac = tape.jacobian(y, x)  # [1, H, W, F, 1, H, W, C]
+    return jac.numpy()[0, :, :, :, 0]
+
+
+def _allowed(mask_type, kernel, groups, cin, cout):
+    """Which input (i', j', c) may reach output (i, j, f), as bool [H, W, F, H, W, C]."""
+    kh, kw = kernel
+    out = np.zeros((H, W, cout, H, W, cin), bool)
+    gin, gout = np.arange(cin) // (cin // groups), np.arange(cout) // (cout // groups)
+    for i in range(H):
+        for j in range(W):
+            for di in range(-(kh // 2), kh // 2 + 1):
+                for dj in range(-(kw // 2), kw // 2 + 1):
+                    a, b = i + di, j + dj
+                    if not (0 <= a < H and 0 <= b < W):
+                        continue
+                    if mask_type == "V":
+                        ok = np.full((cout, cin), di <= 0)
+                    elif di < 0 or (di == 0 and dj < 0):
+                        ok = np.ones((cout, cin), bool)
+                    elif di == 0 and dj == 0:
+                        ok = gin[None] < gout[:, None]
+                        if mask_type == "B":
+                            ok |= gin[None] == gout[:, None]
+                    else:
+                        ok = np.zeros((cout, cin), bool)
+                    out[i, j, :, a, b] = ok
+    return out
+
+
+@pytest.mark.parametrize(
+    "mask_type, kernel, groups, cin",
+    [
+        ("A", (7, 7), 1, 1),
+        ("B", (3, 3), 1, 4),
+        ("A", (3, 5), 3, 3),
+        ("B", (3, 3), 3, 6),
+        ("A", (1, 5), 3, 3),
+        ("B", (1, 3), 2, 4),
+        ("B", (1, 1), 3, 6),
+        ("V", (3, 5), 1, 2),
+    ],
+)
+def test_gradients_are_exactly_zero_outside_the_mask_and_nonzero_inside(
+    mask_type, kernel, groups, cin
+):
+    cout = 6
+    layer = MaskedConv2D(cout, kernel, mask_type, groups, kernel_initializer="random_normal")
+    x = np.random.default_rng(0).normal(size=(1, H, W, cin)).astype(np.float32)
+    jac = _jacobian(layer, x)
+    allowed = _allowed(mask_type, kernel, groups, cin, cout)
+    assert np.all(jac[~allowed] == 0.0)  # exactly zero, not small
+    assert np.all(jac[allowed] != 0.0)  # every permitted tap is used
+
+
+def test_kernel_keeps_only_the_taps_a_mask_can_use():
+    shapes = {
+        ("A", 7): (4, 7, 3, 6),
+        ("B", (1, 5)): (1, 3, 3, 6),
+        ("B", 1): (1, 1, 3, 6),
+        ("V", 3): (2, 3, 3, 6),
+    }
+    for (mask_type, kernel), shape in shapes.items():
+        layer = MaskedConv2D(6, kernel, mask_type)
+        layer.build((None, H, W, 3))
+        assert tuple(layer.kernel.shape) == shape
+    layer = MaskedConv2D(6, 3, "B", color_groups=3)
+    layer(tf.zeros([3, H, W, 3]))
+    assert layer.count_params() == 2 * 3 * 3 * 6 + 6
+
+
+def test_mask_is_built_once_and_never_assigned_to_the_variable():
+    layer = MaskedConv2D(4, 3, "A")
+    layer.build((None, H, W, 2))
+    layer.kernel.assign(tf.ones_like(layer.kernel))
+    y = layer(tf.ones([1, H, W, 2]))
+    np.testing.assert_array_equal(layer.kernel.numpy(), 1.0)  # the variable is untouched
+    # interior pixel: 3 taps in the row above + 1 to the left, 2 channels each
+    np.testing.assert_array_equal(y[0, 2, 3].numpy(), 8.0)
+    expected = causal_mask(2, 3, 2, 4, "A", 1, centre_col=1)
+    np.testing.assert_array_equal(layer.masked_kernel().numpy(), expected)
+
+
+def test_row_and_column_parts_add_up_to_the_convolution():
+    layer = MaskedConv2D(5, (3, 5), "B", color_groups=1)
+    x = tf.random.stateless_normal([3, H, W, 2], seed=[1, 2])
+    y = layer(x).numpy()
+    padded = tf.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])
+    matrix = layer.column_matrix()
+    for i in range(H):
+        above = layer.from_rows(padded[:, i : i + 1]).numpy()
+        row = tf.pad(x[:, i], [[0, 0], [2, 0], [0, 0]])
+        for j in range(W):
+            got = above[:, j] + layer.from_columns(row[:, j : j + 3], matrix).numpy()
+            np.testing.assert_allclose(got, y[:, i, j], rtol=1e-5, atol=1e-5)
+
+
+def test_gate_keeps_colour_groups_apart():
+    features = tf.random.stateless_normal([2, 12], seed=[3, 4])
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        out = gate(features, groups=3)
+    jac = tape.batch_jacobian(out, features).numpy()  # [2, 6, 12]
+    for g in range(3):
+        assert np.all(jac[:, 2 * g : 2 * g + 2, : 4 * g] == 0)
+        assert np.all(jac[:, 2 * g : 2 * g + 2, 4 * g + 4 :] == 0)
+    a, b = tf.split(features, 2, axis=-1)
+    np.testing.assert_allclose(gate(features), tf.tanh(a) * tf.sigmoid(b))
+
+
+def test_bad_arguments_are_usage_errors():
+    with pytest.raises(UsageError, match="must be odd"):
+        MaskedConv2D(4, 4)
+    with pytest.raises(UsageError, match="mask_type='C' is not one of"):
+        MaskedConv2D(4, 3, "C")
+    with pytest.raises(UsageError, match="multiples of color_groups=3"):
+        MaskedConv2D(4, 3, "B", color_groups=3)(tf.zeros([1, H, W, 3]))
