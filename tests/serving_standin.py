@@ -29,27 +29,9 @@ from tensorflow_serving.apis import (
 )
 
 from gen_keras import export
+from gen_keras.serving.session import SessionModel
 
-
-class Served:
-    """A SavedModel in a TF1 session, called by SignatureDef tensor names like the server."""
-
-    def __init__(self, path):
-        self.graph = tf.Graph()
-        self.sess = tf.compat.v1.Session(graph=self.graph)
-        self.meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], path)
-        self.signatures = {
-            k: v for k, v in self.meta.signature_def.items() if k != "__saved_model_init_op"
-        }
-
-    def __call__(self, name, **inputs):
-        sig = self.signatures[name]
-        assert set(inputs) == set(sig.inputs), (name, set(sig.inputs))
-        feed = {sig.inputs[k].name: v for k, v in inputs.items()}
-        return self.sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
-
-    def close(self):
-        self.sess.close()
+Served = SessionModel  # the name the tests use
 
 
 class RequestError(Exception):
