@@ -1,15 +1,16 @@
-"""Label efficiency of learned features: `python -m benchmarks.features` (about 35 min, 2 CPUs).
+"""Label efficiency of learned features: `python -m benchmarks.features` (~20-40 min, 2 CPUs).
 
 With 10, 100 and 1000 labels per class and the full training set, trains the encoder-shaped
-classifier (`classifier.probe`: the AE/VAE conv encoder, then logits on its 16-d code)
+classifier (`classifier.probe`: the AE/VAE conv encoder, then logits on its code, 16-d by
+default: `--latent_dim`)
   random    from random initialisation (all layers trained),
   probe     frozen encoder + linear head (a linear probe of the code),
   finetune  initialised from the encoder, all layers trained,
 for two encoders pretrained once on the unlabeled training images by the shared harness:
-the denoising autoencoder (`autoencoder.reproduce()`) and a VAE's posterior mean (conv VAE,
-16-d latent). Every (budget, method, encoder) runs with 3 seeds (a seed picks the labeled
-subset, the initialisation and the batches); the test accuracy over the 10k test images is
-reported as mean, standard deviation and range. Data: statically binarized MNIST throughout.
+the denoising autoencoder (`autoencoder.reproduce()`) and a VAE's posterior mean (conv VAE).
+Every (budget, method, encoder) runs with 3 seeds (a seed picks the labeled subset, the
+initialisation and the batches); the test accuracy over the 10k test images is reported
+as mean, standard deviation and range. Data: statically binarized MNIST throughout.
 
     python -m benchmarks.features                        # the full benchmark
     python -m benchmarks.features --pretrain_split='train[:2048]' --pretrain_epochs=1 \
@@ -21,8 +22,10 @@ new runs once the budget is spent (the table says which did not run).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import resource
 import time
 
 import keras
@@ -46,9 +49,10 @@ flags.DEFINE_string("pretrain_split", "train", "Unlabeled images for pretraining
 flags.DEFINE_string("test_split", "test", "Split the accuracy is measured on.")
 flags.DEFINE_float("steps_scale", 1.0, "Multiplies every budget's training steps (smoke runs).")
 flags.DEFINE_float("minutes", 60.0, "Start no new run after this many minutes.")
+flags.DEFINE_integer("latent_dim", 16, "Code size of both encoders (and of the classifier).")
 FLAGS = flags.FLAGS
 
-LATENT, HIDDEN = 16, 32
+HIDDEN = 32
 # (steps, batch, learning rate) per labels-per-class; None = the full training set.
 SCHEDULE = {10: (300, 32), 100: (600, 64), 1000: (1500, 64), None: (940, 128)}
 LEARNING_RATE = {"random": 1e-3, "probe": 3e-3, "finetune": 1e-3}
@@ -75,18 +79,22 @@ def label_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.nda
 
 def pretrain(family: str, out: str) -> str:
     """Trains (or resumes) an encoder on unlabeled images with the shared harness."""
+    latent = FLAGS.latent_dim
     config = (
-        autoencoder.reproduce()
+        dataclasses.replace(autoencoder.reproduce(), latent_dim=latent, hidden=HIDDEN)
         if family == "autoencoder"
-        else vae.Config(latent_dim=LATENT, hidden=HIDDEN, eval_k=1, export_k=1)
+        else vae.Config(latent_dim=latent, hidden=HIDDEN, eval_k=1, export_k=1)
     )
-    model_dir = os.path.join(out, f"pretrain_{family}")
+    model_dir = os.path.join(out, f"pretrain_{family}_{latent}d")
     data = DataConfig(data_dir=FLAGS.data_dir, train_split=FLAGS.pretrain_split)
     data = DataConfig(**{**data.__dict__, "eval_split": FLAGS.test_split})
     cfg = TrainConfig(epochs=FLAGS.pretrain_epochs, model_dir=model_dir, export=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = train.fit(family, config, data, cfg, verbose=2)
-    print(f"pretrained {family} in {time.perf_counter() - start:.0f} s: {result.final_metrics}")
+    print(
+        f"pretrained {family} in {time.perf_counter() - start:.0f} s "
+        f"({_cpu_seconds() - cpu:.0f} CPU s): {result.final_metrics}"
+    )
     return model_dir
 
 
@@ -95,7 +103,7 @@ def run_one(method, encoder, per_class, seed, train_xy, test_xy, spec, sources) 
     x, y = train_xy
     steps, batch = SCHEDULE[per_class]
     steps = max(1, int(steps * FLAGS.steps_scale))
-    config = classifier.probe(LATENT, HIDDEN, freeze_trunk=method == "probe")
+    config = classifier.probe(FLAGS.latent_dim, HIDDEN, freeze_trunk=method == "probe")
     keras.utils.set_random_seed(seed)  # the initialisation
     model = classifier.build(config, spec, LEARNING_RATE[method])
     index = label_subset(y, per_class, seed)
@@ -117,6 +125,12 @@ def run_one(method, encoder, per_class, seed, train_xy, test_xy, spec, sources) 
         [np.argmax(logits(tx[i : i + 1000]), -1) for i in range(0, len(tx), 1000)]
     )
     return float(np.mean(pred == ty))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (user + system): a load-independent measure of cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def table(results: list[dict], budgets, columns) -> str:
@@ -159,9 +173,9 @@ def main(argv):
             for seed in range(FLAGS.seeds):
                 if time.perf_counter() - start > FLAGS.minutes * 60:
                     break
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), _cpu_seconds()
                 acc = run_one(method, encoder, per_class, seed, train_xy, test_xy, spec, sources)
-                seconds = time.perf_counter() - t0
+                seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
                 label = "full" if per_class is None else per_class
                 results.append(
                     dict(
@@ -173,7 +187,10 @@ def main(argv):
                         seconds=seconds,
                     )
                 )
-                print(f"{label} {method} {encoder} seed {seed}: {acc:.4f} ({seconds:.0f} s)")
+                print(
+                    f"{label} {method} {encoder} seed {seed}: {acc:.4f} "
+                    f"({seconds:.0f} s, {cpu:.0f} CPU s)"
+                )
         with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
     columns = [(f"{m} ({e})" if m != "random" else "random init", m, e) for m, e in configs]
