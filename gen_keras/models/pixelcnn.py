@@ -98,7 +98,7 @@ class PixelCNN(GenerativeModel):
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
-        h, w, c = spec.shape
+        c = spec.shape[-1]
         name = likelihood_name(config, spec)
         check(
             spec.binary == (name == "bernoulli"),
@@ -113,12 +113,13 @@ class PixelCNN(GenerativeModel):
         self.head = make_head(name, config.num_mixtures)
         groups = 1 if self.head.joint_channels else c
         self.groups = groups
-        width = config.hidden if config.arch == "gated" else 2 * config.hidden
-        for field, value in (("hidden", width), ("output_hidden", config.output_hidden)):
+        for field in ("hidden", "output_hidden"):
+            value = getattr(config, field)
             check(
                 value % groups == 0,
-                f"{field}={value} must be a multiple of the {groups} colour channels "
-                f"(channel-by-channel {name} head)",
+                f"{field}={value} must be a multiple of the {groups} colour channels, which "
+                f"the {name} head samples one by one (e.g. {field}={value + (-value) % groups}"
+                ", or likelihood='logistic_mixture', which samples them jointly)",
             )
         classes = spec.num_classes if config.conditional else 0
         k, k0, hid = config.kernel_size, config.first_kernel_size, config.hidden
