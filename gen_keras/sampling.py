@@ -73,11 +73,9 @@ class Reference:
         return state
 
 
-def _write_pixel(x, i, j, value):
-    """x [B, H, W, C] with x[:, i, j] = value [B, C]."""
-    b = tf.shape(x)[0]
-    index = tf.stack([tf.range(b), tf.fill([b], i), tf.fill([b], j)], axis=1)
-    return tf.tensor_scatter_nd_update(x, index, value)
+def _by_pixel(t):
+    """[B, H, W, ...] -> [H, W, B, ...]: rows and pixels become cheap tf.gather's."""
+    return tf.transpose(t, [1, 2, 0, 3])
 
 
 # The loops are explicit tf.while_loops: autograph would only slow tracing down (~3x).
@@ -90,56 +88,61 @@ def raster_sample(stepper, head, spec, seeds, images=None, known=None) -> tf.Ten
     """
     height, width, channels = spec.shape
     seeds = tf.convert_to_tensor(seeds, tf.int32)
-    noise = pixel_noise(head, spec, seeds)
+    noise = _by_pixel(pixel_noise(head, spec, seeds))  # [H, W, B, noise channels]
     batch = tf.shape(seeds)[0]
-    if known is None:
-        x0 = tf.zeros([batch, height, width, channels])
-        known = tf.zeros([batch, height, width, channels], tf.bool)
-        skip = False
-    else:
+    completing = known is not None
+    if completing:
         known = tf.cast(known, tf.bool)
         x0 = tf.where(known, tf.cast(images, tf.float32), 0.0)
+        known_hw, x0_hw = _by_pixel(known), _by_pixel(x0)
         skip = getattr(stepper, "skip_known", False)
+    else:
+        x0 = tf.zeros([batch, height, width, channels])
+        skip = False
     passes = 1 if head.joint_channels else channels
     num_params = head.num_params(channels)
-
-    def draw(params, i, j):
-        """[B, P] -> [B, C]: head.sample on one pixel with its noise."""
-        value = head.sample(params[:, None, None, :], noise[:, i, j][:, None, None, :])
-        return value[:, 0, 0, :]
-
-    def column(i, j, x, state):
-        known_px, x0_px = known[:, i, j], x0[:, i, j]
-        new_state = state
-        for c in range(passes):
-            if skip:
-                params = tf.cond(
-                    tf.reduce_all(known_px),
-                    lambda: tf.zeros([batch, num_params]),
-                    lambda x=x: stepper.pixel(state, x, i, j)[0],
-                )
-            else:
-                params, new_state = stepper.pixel(state, x, i, j)
-            value = draw(params, i, j)
-            if head.joint_channels:
-                value = tf.where(known_px, x0_px, value)
-            else:
-                # channel c only; a known sub-pixel keeps its value
-                value = tf.where((tf.range(channels) == c)[None] & ~known_px, value, x[:, i, j])
-            x = _write_pixel(x, i, j, value)
-        return j + 1, x, new_state
+    # x[:, i, j] = value as one scatter: index [B, 3] = (b, i, j)
+    base_index = tf.pad(tf.range(batch)[:, None], [[0, 0], [0, 2]])
+    unit_i, unit_j = tf.constant([0, 1, 0]), tf.constant([0, 0, 1])
 
     def row(i, x, state):
         state = stepper.start_row(state, x, i)
-        _, x, state = tf.while_loop(
-            lambda j, *_: j < width,
-            lambda j, x, state: column(i, j, x, state),
-            (tf.constant(0), x, state),
-        )
+        noise_row = tf.gather(noise, i)  # [W, B, noise channels]
+        row_index = base_index + i * unit_i
+        if completing:
+            known_row, x0_row = tf.gather(known_hw, i), tf.gather(x0_hw, i)  # [W, B, C]
+            all_known = tf.reduce_all(known_row, axis=[1, 2])  # [W]
+
+        def column(j, x, state):
+            index = row_index + j * unit_j
+            noise_px = tf.reshape(tf.gather(noise_row, j), [-1, 1, 1, noise_row.shape[-1]])
+            if completing:
+                known_px, x0_px = tf.gather(known_row, j), tf.gather(x0_row, j)
+            new_state = state
+            for c in range(passes):
+                if skip:
+                    params = tf.cond(
+                        tf.gather(all_known, j),
+                        lambda: tf.zeros([batch, num_params]),
+                        lambda x=x: stepper.pixel(state, x, i, j)[0],
+                    )
+                else:
+                    params, new_state = stepper.pixel(state, x, i, j)
+                params = tf.reshape(params, [-1, 1, 1, num_params])
+                value = tf.reshape(head.sample(params, noise_px), [-1, channels])
+                if passes > 1:  # channel c only, the others keep their current values
+                    current = tf.gather_nd(x, index)
+                    value = tf.where(tf.range(channels) == c, value, current)
+                if completing:
+                    value = tf.where(known_px, x0_px, value)
+                x = tf.tensor_scatter_nd_update(x, index, value)
+            return j + 1, x, new_state
+
+        _, x, state = tf.while_loop(lambda j, *_: j < width, column, (tf.constant(0), x, state))
         return i + 1, x, stepper.end_row(state, x, i)
 
     _, x, _ = tf.while_loop(lambda i, *_: i < height, row, (tf.constant(0), x0, stepper.init(x0)))
-    return tf.where(known, x0, x)
+    return tf.where(known, x0, x) if completing else x
 
 
 def sample(params_fn, head, spec, seeds, label=None) -> tf.Tensor:

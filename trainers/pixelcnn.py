@@ -1,4 +1,4 @@
-"""Trains a PixelCNN: `python -m trainers.pixelcnn` (gated, static binarized MNIST, 2 CPUs).
+"""Trains a PixelCNN: `python -m trainers.pixelcnn` (gated, static MNIST, ~25 min on 2 CPUs).
 
 `--arch=pixelcnn|gated --likelihood=bernoulli|categorical|logistic_mixture`; 8-bit data
 with `--binarization=uint8`. Exports `sample` (cached sampler), `log_prob`, `complete`.
@@ -11,7 +11,7 @@ from gen_keras.config import TrainConfig
 from gen_keras.models import pixelcnn
 from trainers import common
 
-common.define_flags(TrainConfig(epochs=2, batch_size=64, model_dir="runs/pixelcnn"))
+common.define_flags(TrainConfig(epochs=1, batch_size=64, model_dir="runs/pixelcnn"))
 flags.DEFINE_enum(
     "config",
     "default",

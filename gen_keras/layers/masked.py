@@ -19,8 +19,9 @@ kernel by it and never assigns to the variable.
 
 For cached sampling (Ramachandran et al. 2017) a layer's output at (i, j) is split into
 `from_rows` (the rows fully known when row i starts; computed once per row, with the
-bias) plus `from_columns` (the current row's taps at columns j - kw//2 .. j; one small
-matmul per pixel). Their sum equals `call` up to float rounding.
+bias) plus the current row's taps at columns j - kw//2 .. j: either `from_columns` on
+that window, or `step`, which keeps a queue of partial sums so that each input is
+multiplied once, when it appears. Their sum equals `call` up to float rounding.
 """
 
 from __future__ import annotations
@@ -163,6 +164,32 @@ class MaskedConv2D(keras.layers.Layer):
         """
         return tf.matmul(tf.reshape(window, [tf.shape(window)[0], -1]), matrix)
 
+    def step_matrix(self) -> tf.Tensor:
+        """float32 [cin, (left + 1) * F] for `step`: the centre tap (pixel j itself), then
+        the taps through which pixel j reaches pixels j+1 .. j+left of its row."""
+        taps = self.masked_kernel()[-1]  # [cols, cin, F]: tap t at column offset t - left
+        order = [self.left] + [self.left - m for m in range(1, self.left + 1)]
+        return tf.concat([taps[t] for t in order], axis=1)
+
+    def step(self, matrix, queue, x):
+        """One pixel of the current row's part with partial sums (Ramachandran et al. 2017).
+
+        x [B, cin]: the input at (i, j); queue [B, left * F]: what the inputs at columns
+        j-left .. j-1 contribute to pixels j .. j+left-1 (pixel j's block first; zeros
+        when a row starts); matrix: `step_matrix()`, read once outside the loop.
+        Returns (the current row's part of the output at (i, j) [B, F], no bias; the
+        queue for pixel j + 1). One matmul per pixel, whatever the kernel width.
+        """
+        f = self.filters
+        out = tf.matmul(x, matrix)
+        if self.left == 0:
+            return out, queue
+        centre, ahead = tf.split(out, [f, self.left * f], axis=1)
+        if self.left == 1:
+            return centre + queue, ahead
+        now, later = tf.split(queue, [f, (self.left - 1) * f], axis=1)
+        return centre + now, tf.pad(later, [[0, 0], [0, f]]) + ahead
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -227,29 +254,25 @@ class ResidualBlock(keras.layers.Layer):
         return x + self.expand(tf.nn.relu(t))
 
     # -- cached sampling: the caller keeps, per block, the last `conv.rows_before` rows of
-    # the conv input u (a ring [B, R, W, c]) and its last `conv.left` columns in the
-    # current row (a queue [B, left, c]).
+    # the conv input u (a ring [B, R, W, c]) and the conv's queue of partial sums.
 
     def step_weights(self) -> tuple:
-        return _matrix(self.reduce), self.conv.column_matrix(), _matrix(self.expand)
+        return _matrix(self.reduce), self.conv.step_matrix(), _matrix(self.expand)
 
     def row_context(self, rows, label_bias=None):
-        """rows [B, R, W, c] of u above row i -> [W, B, c]: the conv's row part (+ label)."""
+        """rows [B, R, W, c] of u above row i -> [B, W, c]: the conv's row part (+ label)."""
         out = self.conv.from_rows(rows)
-        if label_bias is not None:
-            out += label_bias[:, None]
-        return tf.transpose(out, [1, 0, 2])
+        return out if label_bias is None else out + label_bias[:, None]
 
     def at_pixel(self, weights, context, queue, x):
-        """x [B, 2c] at (i, j); context [B, c]; queue [B, left, c] -> (out [B, 2c], window).
+        """x [B, 2c] at (i, j); context [B, c]; queue [B, left * c] of the conv.
 
-        window [B, left + 1, c] holds u at columns j-left .. j (its last entry is u(i, j)).
+        Returns (output [B, 2c], u [B, c] the conv input at (i, j), the next queue).
         """
         reduce, conv, expand = weights
         u = tf.nn.relu(_dense(tf.nn.relu(x), reduce))
-        window = tf.concat([queue, u[:, None]], axis=1)
-        t = self.conv.from_columns(window, conv) + context
-        return x + _dense(tf.nn.relu(t), expand), window
+        t, queue = self.conv.step(conv, queue, u)
+        return x + _dense(tf.nn.relu(t + context), expand), u, queue
 
 
 class GatedBlock(keras.layers.Layer):
@@ -295,48 +318,49 @@ class GatedBlock(keras.layers.Layer):
         e = self.embed(label)
         return e[:, : 2 * self.channels], e[:, 2 * self.channels :]
 
-    def _output(self, g, h, skip_weights=None, res_weights=None):
-        """-> (h_out, or None in the last layer; skip)."""
-        if skip_weights is None:
-            skip = self.skip(g)
-            res = None if self.res is None else self.res(g)
-        else:
-            skip = _dense(g, skip_weights)
-            res = None if res_weights is None else _dense(g, res_weights)
-        if res is None:
-            return None, skip
-        return (res if self.first else h + res), skip
-
     def call(self, v, h, label=None):
         bias_v, bias_h = self.label_bias(label)
         if label is not None and self.embed is not None:
             bias_v, bias_h = bias_v[:, None, None], bias_h[:, None, None]
         v_features = self.v_conv(v) + bias_v
         h_features = self.h_conv(h) + self.link(v_features) + bias_h
-        h_out, skip = self._output(gate(h_features, self.groups), h)
-        return gate(v_features), h_out, skip
+        g = gate(h_features, self.groups)
+        if self.res is None:
+            h_out = None
+        else:
+            h_out = self.res(g) if self.first else h + self.res(g)
+        return gate(v_features), h_out, self.skip(g)
 
     # -- cached sampling: the whole vertical stack of row i is computed when row i starts
-    # (it sees rows < i only); per pixel only the horizontal stack runs, on a queue of
-    # the last `kernel_size // 2` columns of its input.
+    # (it sees rows < i only); per pixel only the horizontal stack runs. The skip 1x1s
+    # are left to the caller, which applies all layers' at once.
 
     def step_weights(self) -> tuple:
         res = None if self.res is None else _matrix(self.res)
-        return self.h_conv.column_matrix(), _matrix(self.skip), res
+        conv = self.h_conv.column_matrix() if self.first else self.h_conv.step_matrix()
+        return conv, res
 
     def row_context(self, v_rows, bias_v=0.0, bias_h=0.0):
         """v_rows [B, k//2 + 1, W, c_v] (v input rows i-k//2 .. i) -> (v row i [B, W, c],
-        the horizontal gate's row part [W, B, 2c]: link + bias + label)."""
+        the horizontal gate's row part [B, W, 2c]: link + bias + label)."""
         v_features = self.v_conv.from_rows(v_rows) + _row(bias_v)
         link = self.link.from_rows(v_features[:, None]) + self.h_conv.bias + _row(bias_h)
-        return gate(v_features), tf.transpose(link, [1, 0, 2])
+        return gate(v_features), link
 
-    def at_pixel(self, weights, context, window, h):
-        """window [B, k//2 + 1, c_h]: h input at columns j-k//2 .. j of row i; h [B, c_h] its
-        value at (i, j) (ignored in the first layer); context [B, 2c] -> (h_out, skip)."""
-        conv, skip, res = weights
+    def first_at_pixel(self, weights, context, window):
+        """First layer: window [B, k//2 + 1, C] image row i, columns j-k//2 .. j;
+        context [B, 2c] -> (h_out [B, c], gated units g [B, c] for the skip)."""
+        conv, res = weights
         g = gate(self.h_conv.from_columns(window, conv) + context, self.groups)
-        return self._output(g, h, skip, res)
+        return None if res is None else _dense(g, res), g
+
+    def at_pixel(self, weights, context, queue, h):
+        """h [B, c_h] at (i, j); context [B, 2c]; queue [B, left * 2c] of the horizontal
+        conv -> (h_out [B, c] or None in the last layer, g [B, c], the next queue)."""
+        conv, res = weights
+        pre, queue = self.h_conv.step(conv, queue, h)
+        g = gate(pre + context, self.groups)
+        return None if res is None else h + _dense(g, res), g, queue
 
 
 def _row(bias):

@@ -98,7 +98,7 @@ class PixelCNN(GenerativeModel):
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
-        h, w, c = spec.shape
+        c = spec.shape[-1]
         name = likelihood_name(config, spec)
         check(
             spec.binary == (name == "bernoulli"),
@@ -113,12 +113,13 @@ class PixelCNN(GenerativeModel):
         self.head = make_head(name, config.num_mixtures)
         groups = 1 if self.head.joint_channels else c
         self.groups = groups
-        width = config.hidden if config.arch == "gated" else 2 * config.hidden
-        for field, value in (("hidden", width), ("output_hidden", config.output_hidden)):
+        for field in ("hidden", "output_hidden"):
+            value = getattr(config, field)
             check(
                 value % groups == 0,
-                f"{field}={value} must be a multiple of the {groups} colour channels "
-                f"(channel-by-channel {name} head)",
+                f"{field}={value} must be a multiple of the {groups} colour channels, which "
+                f"the {name} head samples one by one (e.g. {field}={value + (-value) % groups}"
+                ", or likelihood='logistic_mixture', which samples them jointly)",
             )
         classes = spec.num_classes if config.conditional else 0
         k, k0, hid = config.kernel_size, config.first_kernel_size, config.hidden
@@ -354,12 +355,10 @@ def build(config: Config, spec, learning_rate: float) -> PixelCNN:
 
 
 # -- cached steppers (the protocol of gen_keras.sampling) ----------------------------------
-
-
-def _columns(model, x, i, j, left):
-    """Model-space x [B, H, W, C] -> scaled row i at columns j-left .. j, [B, left + 1, C]."""
-    row = tf.pad(model.scaled(x[:, i]), [[0, 0], [left, 0], [0, 0]])  # zero pads, as in call
-    return tf.slice(row, [0, j, 0], [-1, left + 1, -1])  # static size: XLA needs it
+# Per pixel the loop body runs a few small matmuls per layer, so on CPU in graph mode its
+# cost is mostly the number of ops: contexts of all layers are one tensor (one gather per
+# pixel), row convs keep queues of partial sums (one matmul per layer), and the gated
+# skips are one matmul over all layers.
 
 
 def _rows(x, i, n):
@@ -367,37 +366,63 @@ def _rows(x, i, n):
     return tf.slice(x, [0, i, 0, 0], [-1, n, -1, -1])
 
 
-class _PixelCNNStepper:
-    """Cached PixelCNN: per block a ring of the 3x3 conv's input rows and a column queue."""
+def _window(model, x, i, j, left):
+    """Model-space x [B, H, W, C] -> scaled row i at columns j-left .. j, [B, left + 1, C]."""
+    row = tf.pad(model.scaled(tf.gather(x, i, axis=1)), [[0, 0], [left, 0], [0, 0]])
+    return tf.slice(row, [0, j, 0], [-1, left + 1, -1])  # zero padding, as in call
+
+
+def _weights(conv):
+    return conv.column_matrix(), tf.convert_to_tensor(conv.bias)
+
+
+class _Stepper:
+    """What both architectures share: the output layers and the merged row contexts."""
+
+    def __init__(self, model: PixelCNN):
+        self.m = model
+        self.width = model.spec.shape[1]
+        self.out = (_weights(model.out_hidden), _weights(model.out_params))
+
+    def _params(self, features):
+        (m1, b1), (m2, b2) = self.out
+        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(features), m1) + b1)
+        return tf.matmul(hidden, m2) + b2
+
+    def _contexts(self, state, j):
+        """Per-layer row contexts at column j, from the merged [W, B, sum] tensor."""
+        return tf.split(tf.gather(state["context"], j), self.context_sizes, axis=1)
+
+    @staticmethod
+    def _merge(contexts):
+        """[B, W, F_l] per layer -> [W, B, sum F_l]."""
+        return tf.transpose(tf.concat(contexts, axis=2), [1, 0, 2])
+
+
+class _PixelCNNStepper(_Stepper):
+    """Cached PixelCNN: per block a ring of the kxk conv's input rows and a queue."""
 
     def __init__(self, model: PixelCNN, label):
-        self.m = model
+        super().__init__(model)
         self.first = model.first
-        self.weights = [block.step_weights() for block in model.blocks]
         self.first_matrix = model.first.column_matrix()
-        self.out = (
-            (model.out_hidden.column_matrix(), tf.convert_to_tensor(model.out_hidden.bias)),
-            (model.out_params.column_matrix(), tf.convert_to_tensor(model.out_params.bias)),
-        )
+        self.weights = [block.step_weights() for block in model.blocks]
         self.label_bias = [
             None if b.embed is None or label is None else b.embed(label) for b in model.blocks
         ]
-        self.width = model.spec.shape[1]
+        self.context_sizes = [self.first.filters] + [b.conv.filters for b in model.blocks]
 
     def init(self, x):
         batch = tf.shape(x)[0]
-        rings = []
-        for block in self.m.blocks:
-            conv = block.conv
-            rings.append(tf.zeros([batch, conv.rows_before, self.width, conv.filters]))
-        return {"rings": rings, **self._row_state(x, rings)}
+        rings = [
+            tf.zeros([batch, b.conv.rows_before, self.width, b.conv.filters]) for b in self.m.blocks
+        ]
+        return {"rings": rings, **self._row_state(batch)}
 
-    def _row_state(self, x, rings):
-        batch = tf.shape(x)[0]
+    def _row_state(self, batch):
         return {
-            "context": [tf.zeros([self.width, batch, self.first.filters])]
-            + [tf.zeros([self.width, batch, b.conv.filters]) for b in self.m.blocks],
-            "queues": [tf.zeros([batch, b.conv.left, b.conv.filters]) for b in self.m.blocks],
+            "context": tf.zeros([self.width, batch, sum(self.context_sizes)]),
+            "queues": [tf.zeros([batch, b.conv.left * b.conv.filters]) for b in self.m.blocks],
             "rows": [
                 tf.TensorArray(tf.float32, size=self.width, element_shape=[None, b.conv.filters])
                 for b in self.m.blocks
@@ -405,30 +430,27 @@ class _PixelCNNStepper:
         }
 
     def start_row(self, state, x, i):
-        xs = self.m.scaled(x)
         above = self.first.rows_before
-        rows = _rows(tf.pad(xs, [[0, 0], [above, 0], [0, 0], [0, 0]]), i, above)
-        context = [tf.transpose(self.first.from_rows(rows), [1, 0, 2])]
+        xs = tf.pad(self.m.scaled(x), [[0, 0], [above, 0], [0, 0], [0, 0]])
+        contexts = [self.first.from_rows(_rows(xs, i, above))]
         for block, ring, bias in zip(self.m.blocks, state["rings"], self.label_bias, strict=True):
-            context.append(block.row_context(ring, bias))
-        return {**state, **self._row_state(x, state["rings"]), "context": context}
+            contexts.append(block.row_context(ring, bias))
+        return {
+            **state,
+            **self._row_state(tf.shape(x)[0]),
+            "context": self._merge(contexts),
+        }
 
     def pixel(self, state, x, i, j):
-        window = _columns(self.m, x, i, j, self.first.left)
-        h = self.first.from_columns(window, self.first_matrix) + state["context"][0][j]
+        contexts = self._contexts(state, j)
+        window = _window(self.m, x, i, j, self.first.left)
+        h = self.first.from_columns(window, self.first_matrix) + contexts[0]
         queues, rows = [], []
         for b, block in enumerate(self.m.blocks):
-            h, window = block.at_pixel(
-                self.weights[b], state["context"][b + 1][j], state["queues"][b], h
-            )
-            queues.append(window[:, 1:])
-            rows.append(state["rows"][b].write(j, window[:, -1]))
+            h, u, queue = block.at_pixel(self.weights[b], contexts[b + 1], state["queues"][b], h)
+            queues.append(queue)
+            rows.append(state["rows"][b].write(j, u))
         return self._params(h), {**state, "queues": queues, "rows": rows}
-
-    def _params(self, features):
-        (m1, b1), (m2, b2) = self.out
-        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(features), m1) + b1)
-        return tf.matmul(hidden, m2) + b2
 
     def end_row(self, state, x, i):
         rings = []
@@ -438,18 +460,18 @@ class _PixelCNNStepper:
         return {**state, "rings": rings}
 
 
-class _GatedStepper(_PixelCNNStepper):
+class _GatedStepper(_Stepper):
     """Cached Gated PixelCNN: the vertical stack once per row, the horizontal per pixel."""
 
     def __init__(self, model: PixelCNN, label):
-        self.m = model
-        self.weights = [block.step_weights() for block in model.blocks]
-        self.out = (
-            (model.out_hidden.column_matrix(), tf.convert_to_tensor(model.out_hidden.bias)),
-            (model.out_params.column_matrix(), tf.convert_to_tensor(model.out_params.bias)),
-        )
-        self.label_bias = [block.label_bias(label) for block in model.blocks]
-        self.width = model.spec.shape[1]
+        super().__init__(model)
+        blocks = model.blocks
+        self.weights = [block.step_weights() for block in blocks]
+        self.label_bias = [block.label_bias(label) for block in blocks]
+        self.context_sizes = [2 * b.channels for b in blocks]
+        # all layers' skip 1x1s as one matmul on the concatenated gated units
+        self.skip_matrix = tf.concat([b.skip.column_matrix() for b in blocks], axis=0)
+        self.skip_bias = tf.add_n([tf.convert_to_tensor(b.skip.bias) for b in blocks])
 
     def init(self, x):
         batch = tf.shape(x)[0]
@@ -458,16 +480,13 @@ class _GatedStepper(_PixelCNNStepper):
             tf.zeros([batch, b.v_conv.rows_before - 1, self.width, p.channels])
             for p, b in zip(blocks[:-1], blocks[1:], strict=True)
         ]
-        return {"rings": rings, **self._row_state(x, rings)}
+        return {"rings": rings, **self._row_state(batch)}
 
-    def _row_state(self, x, rings):
-        batch = tf.shape(x)[0]
-        blocks = self.m.blocks
+    def _row_state(self, batch):
         return {
-            "context": [tf.zeros([self.width, batch, 2 * b.channels]) for b in blocks],
+            "context": tf.zeros([self.width, batch, sum(self.context_sizes)]),
             "queues": [
-                tf.zeros([batch, b.h_conv.left, p.channels])
-                for p, b in zip(blocks[:-1], blocks[1:], strict=True)
+                tf.zeros([batch, b.h_conv.left * b.h_conv.filters]) for b in self.m.blocks[1:]
             ],
         }
 
@@ -475,26 +494,29 @@ class _GatedStepper(_PixelCNNStepper):
         first = self.m.blocks[0]
         above = first.v_conv.rows_before  # image rows i-above .. i-1
         xs = tf.pad(self.m.scaled(x), [[0, 0], [above, 0], [0, 0], [0, 0]])
-        v, ctx = first.row_context(_rows(xs, i, above), *self.label_bias[0])
-        context, rings = [ctx], []
+        v, context = first.row_context(_rows(xs, i, above), *self.label_bias[0])
+        contexts, rings = [context], []
         for b, block in enumerate(self.m.blocks[1:]):
             rows = tf.concat([state["rings"][b], v[:, None]], axis=1)
             rings.append(rows[:, 1:])
-            v, ctx = block.row_context(rows, *self.label_bias[b + 1])
-            context.append(ctx)
-        return {**self._row_state(x, rings), "rings": rings, "context": context}
+            v, context = block.row_context(rows, *self.label_bias[b + 1])
+            contexts.append(context)
+        return {**self._row_state(tf.shape(x)[0]), "rings": rings, "context": self._merge(contexts)}
 
     def pixel(self, state, x, i, j):
+        contexts = self._contexts(state, j)
         first = self.m.blocks[0]
-        window = _columns(self.m, x, i, j, first.h_conv.left)
-        h, features = first.at_pixel(self.weights[0], state["context"][0][j], window, None)
-        queues = []
+        window = _window(self.m, x, i, j, first.h_conv.left)
+        h, g = first.first_at_pixel(self.weights[0], contexts[0], window)
+        units, queues = [g], []
         for b, block in enumerate(self.m.blocks[1:]):
-            window = tf.concat([state["queues"][b], h[:, None]], axis=1)
-            queues.append(window[:, 1:])
-            h, skip = block.at_pixel(self.weights[b + 1], state["context"][b + 1][j], window, h)
-            features += skip
-        return self._params(features), {**state, "queues": queues}
+            h, g, queue = block.at_pixel(
+                self.weights[b + 1], contexts[b + 1], state["queues"][b], h
+            )
+            units.append(g)
+            queues.append(queue)
+        skips = tf.matmul(tf.concat(units, axis=1), self.skip_matrix) + self.skip_bias
+        return self._params(skips), {**state, "queues": queues}
 
     def end_row(self, state, x, i):
         return state
