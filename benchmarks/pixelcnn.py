@@ -10,7 +10,7 @@ quality (static binarized MNIST unless --binarization says otherwise):
   trains --arch/--config for about --minutes on this machine with the shared harness,
   then reports the exact test NLL (nats per image, bits/dim) over the whole test split.
 
-Examples (the exact commands behind benchmarks/results_pixelcnn.md):
+Examples (the exact commands behind benchmarks/results.md (PixelCNN)):
   python -m benchmarks.pixelcnn --task=speed --arch=gated
   python -m benchmarks.pixelcnn --task=speed --arch=pixelcnn --reference_rows=4
   python -m benchmarks.pixelcnn --task=quality --arch=gated --minutes=60

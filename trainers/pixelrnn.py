@@ -1,7 +1,7 @@
 """Trains a PixelRNN: `python -m trainers.pixelrnn --arch=row_lstm|diagonal_bilstm`.
 
 Defaults: static binarized MNIST, 4 recurrent layers of h=16, 1 epoch of batch 32; the
-cost on 2 CPUs is in benchmarks/results_pixelrnn.md. `--config=reproduce` is the paper's
+cost on 2 CPUs is in benchmarks/results.md (PixelRNN). `--config=reproduce` is the paper's
 7-layer MNIST model.
 """
 

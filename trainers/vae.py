@@ -27,7 +27,9 @@ flags.DEFINE_integer("num_mixtures", 5, "Components of the logistic mixture like
 flags.DEFINE_enum("kl", "analytic", ["analytic", "mc"], "KL term: analytic or Monte Carlo.")
 flags.DEFINE_integer("train_k", 1, "Importance samples of the training objective (1: ELBO).")
 flags.DEFINE_integer("eval_k", 100, "Importance samples of the final test IWAE bound.")
-flags.DEFINE_integer("export_k", 100, "Importance samples of the exported log_prob.")
+flags.DEFINE_integer(
+    "export_k", 16, "Importance samples of the exported log_prob (latency grows with k)."
+)
 flags.DEFINE_bool("conditional", False, "Condition encoder and decoder on the class label.")
 FLAGS = flags.FLAGS
 PRESETS = {"default": vae.Config, "small": vae.small, "reproduce": vae.reproduce}

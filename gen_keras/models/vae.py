@@ -41,7 +41,7 @@ class Config:
     kl: str = "analytic"  # analytic (tfd.kl_divergence) or mc (log q(z|x) - log p(z))
     train_k: int = 1  # > 1 trains on the IWAE_k bound instead of the ELBO
     eval_k: int = 100  # importance samples of the end-of-run IWAE bound
-    export_k: int = 100  # importance samples of the exported log_prob signature
+    export_k: int = 16  # importance samples of the exported log_prob (batch-1 p50 ~4.5 ms)
     chunk: int = 100  # importance samples decoded at once (memory stays flat in k)
     conditional: bool = False
 
