@@ -283,40 +283,46 @@ class PixelCNN(GenerativeModel):
         }
 
     def serving_functions(self) -> dict:
-        spec, cond = self.spec, self.config.conditional
+        return autoregressive_serving_functions(self)
 
-        def label_for(label, n):
-            return export.check_label(label, spec.num_classes, n) if cond else None
 
-        def sample(seed, label=None):
-            seed = export.check_seed(seed)
-            x = self.sample(seed, label_for(label, tf.shape(seed)[0]))
-            return {"images": spec.to_data(x)}
+def autoregressive_serving_functions(model) -> dict:
+    """sample, log_prob and complete signatures of an exact-likelihood raster-order model
+    (PixelCNN, PixelRNN): `model.sample/log_prob/complete` with validated inputs."""
+    spec, cond = model.spec, model.config.conditional
 
-        def log_prob(images, label=None):
-            images = export.check_images(images, spec)
-            lp = self.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
-            return {"log_prob": lp, "bits_per_dim": bits_per_dim(-lp, spec.num_dims)}
+    def label_for(label, n):
+        return export.check_label(label, spec.num_classes, n) if cond else None
 
-        def complete(images, mask, seed, label=None):
-            images = export.check_images(images, spec)
-            n = tf.shape(images)[0]
-            x = self.complete(
-                spec.to_model(images),
-                check_mask(mask, n),
-                export.check_seed(seed, n),
-                label_for(label, n),
-            )
-            return {"images": spec.to_data(x)}
+    def sample(seed, label=None):
+        seed = export.check_seed(seed)
+        x = model.sample(seed, label_for(label, tf.shape(seed)[0]))
+        return {"images": spec.to_data(x)}
 
-        images, seed = export.image_spec(spec), export.SEED_SPEC
-        mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
-        sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
-        return {
-            "sample": sig(sample, seed),
-            "log_prob": sig(log_prob, images),
-            "complete": sig(complete, images, mask, seed),
-        }
+    def log_prob(images, label=None):
+        images = export.check_images(images, spec)
+        lp = model.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
+        return {"log_prob": lp, "bits_per_dim": bits_per_dim(-lp, spec.num_dims)}
+
+    def complete(images, mask, seed, label=None):
+        images = export.check_images(images, spec)
+        n = tf.shape(images)[0]
+        x = model.complete(
+            spec.to_model(images),
+            check_mask(mask, n),
+            export.check_seed(seed, n),
+            label_for(label, n),
+        )
+        return {"images": spec.to_data(x)}
+
+    images, seed = export.image_spec(spec), export.SEED_SPEC
+    mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
+    sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
+    return {
+        "sample": sig(sample, seed),
+        "log_prob": sig(log_prob, images),
+        "complete": sig(complete, images, mask, seed),
+    }
 
 
 def check_mask(mask, batch):

@@ -32,13 +32,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng, sampling
+from gen_keras import rng, sampling
 from gen_keras.config import check, check_choice, check_positive
 from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
 from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.layers.recurrent import GATES, DiagonalBiLSTM, RowLSTM, lstm_cell
 from gen_keras.models.base import GenerativeModel, replica_mean
-from gen_keras.models.pixelcnn import check_mask, top_half
+from gen_keras.models.pixelcnn import autoregressive_serving_functions, top_half
 
 ARCHS = ("row_lstm", "diagonal_bilstm")
 FIRST_KERNEL = 7  # the 7 x 7 mask-A input convolution
@@ -263,37 +263,7 @@ class PixelRNN(GenerativeModel):
         return {"samples": self.to_unit(samples), "completions": pairs}
 
     def serving_functions(self) -> dict:
-        spec, cond = self.spec, self.config.conditional
-
-        def label_for(label, n):
-            return export.check_label(label, spec.num_classes, n) if cond else None
-
-        def sample(seed, label=None):
-            seed = export.check_seed(seed)
-            x = self.sample(seed, label_for(label, tf.shape(seed)[0]))
-            return {"images": spec.to_data(x)}
-
-        def log_prob(images, label=None):
-            images = export.check_images(images, spec)
-            log_p = self.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
-            return {"log_prob": log_p, "bits_per_dim": bits_per_dim(-log_p, spec.num_dims)}
-
-        def complete(images, mask, seed, label=None):
-            images = export.check_images(images, spec)
-            n = tf.shape(images)[0]
-            mask = check_mask(mask, n)
-            seed = export.check_seed(seed, n)
-            x = self.complete(spec.to_model(images), mask > 0, seed, label_for(label, n))
-            return {"images": spec.to_data(x)}
-
-        images, seed = export.image_spec(spec), export.SEED_SPEC
-        mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
-        sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
-        return {
-            "sample": sig(sample, seed),
-            "log_prob": sig(log_prob, images),
-            "complete": sig(complete, images, mask, seed),
-        }
+        return autoregressive_serving_functions(self)
 
 
 class _Pictures:
