@@ -87,6 +87,22 @@ def check_rows(name: str, tensor, batch=None):
         return tf.identity(tensor)
 
 
+def check_mask(mask, batch):
+    """Validates a completion mask uint8 [N, H, W, C] (1 = known, 0 = to sample)."""
+    checks = [
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(mask),
+            tf.constant(1, tf.uint8),
+            message="mask: values must be 1 (known pixel) or 0 (pixel to sample)",
+        ),
+        tf.debugging.assert_equal(
+            tf.shape(mask)[0], batch, message="mask: needs one row per row of images"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(mask)
+
+
 def versions(model_root: str) -> list[int]:
     """Integer version directories under <export_root>/<model_name>, ascending."""
     if not os.path.isdir(model_root):
