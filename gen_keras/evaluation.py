@@ -11,6 +11,17 @@ import tensorflow as tf
 from gen_keras import rng
 
 DEFAULT_BATCH = 256
+MEMORY_BUDGET = 2 * 2**30  # bytes of activations one eval batch may take (fits 8 GB runs)
+
+
+def batch_size_for(model, budget: int = MEMORY_BUDGET) -> int:
+    """The eval batch: DEFAULT_BATCH, or fewer rows where the model's per-example memory
+    (`eval_bytes_per_example`, e.g. a VAE's k importance samples of 256-way logits per
+    pixel) would exceed the budget."""
+    per_example = model.eval_bytes_per_example()
+    if per_example <= 0:
+        return DEFAULT_BATCH
+    return int(max(1, min(DEFAULT_BATCH, budget // per_example)))
 
 
 def score_split(model, data, seed=(0, 2), batch_size: int | None = None) -> dict:
@@ -24,7 +35,7 @@ def score_split(model, data, seed=(0, 2), batch_size: int | None = None) -> dict
     probe = model.score_batch(_first(data), seed)
     if not probe:
         return {}
-    batch_size = batch_size or getattr(model, "eval_batch_size", DEFAULT_BATCH)
+    batch_size = batch_size or batch_size_for(model)
     score = tf.function(model.score_batch)
     sums: dict[str, float] = {}
     count = 0

@@ -90,7 +90,7 @@ class AutoregressiveModel(GenerativeModel):
         seeds = rng.row_seeds(seed, n)
         samples = self._functions.get("sample", self.sample)(seeds, self.labels_for(n))
         x = batch["image"][: n // 2]
-        label = batch["label"][: n // 2] if self.label_of(batch) is not None else None
+        label = self.label_of(batch, n // 2)
         known = top_half(tf.shape(x), self.spec.shape[0])
         filled = self._functions.get("complete", self.complete)(x, known, seeds[: n // 2], label)
         shown = tf.where(known > 0, x, 0.5 * self.spec.max_value)

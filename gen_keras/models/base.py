@@ -102,9 +102,11 @@ class GenerativeModel(keras.Model):
             return tf.cast(data["seed"], tf.int32)
         return tf.cast(self.seed_generator.next(), tf.int32)
 
-    def label_of(self, data):
-        """The batch's labels for a conditional model, else None."""
-        return data["label"] if getattr(self.config, "conditional", False) else None
+    def label_of(self, data, n: int | None = None):
+        """The batch's labels (its first n) for a conditional model, else None."""
+        if not getattr(self.config, "conditional", False):
+            return None
+        return data["label"] if n is None else data["label"][:n]
 
     def labels_for(self, n: int):
         """Class-balanced labels 0, 1, ... int32 [n] for a conditional model's pictures."""
@@ -144,6 +146,10 @@ class GenerativeModel(keras.Model):
         them over a split (e.g. exact NLL, an IWAE bound, accuracy). {} by default."""
         del data, seed
         return {}
+
+    def eval_bytes_per_example(self) -> int:
+        """Peak activation bytes of `score_batch` per example (0: small, any batch fits)."""
+        return 0
 
     def summarize_scores(self, means: dict) -> dict:
         """Means of `score_batch` over a split -> the reported figures (adds derived ones)."""

@@ -255,6 +255,13 @@ class VAE(GenerativeModel):
         elbo = -(distortion + rate)
         return self._track(elbo, elbo, distortion, rate)
 
+    def eval_bytes_per_example(self) -> int:
+        """A chunk of importance samples decodes chunk x H x W x P floats per example; the
+        head's log-softmax and gradients-free temporaries take about 4 such tensors."""
+        h, w, c = self.spec.shape
+        chunk = min(self.config.chunk, self.config.eval_k)
+        return 4 * 4 * chunk * h * w * self.head.num_params(c)
+
     def score_batch(self, data, seed) -> dict:
         """Test ELBO and IWAE_{eval_k} per image [B] (nats); nll_nats = -IWAE, the tighter."""
         x, label = data["image"], self.label_of(data)
@@ -270,7 +277,7 @@ class VAE(GenerativeModel):
         seeds = rng.row_seeds(seed, n)
         samples = self.to_unit(self._sample(seeds, self.labels_for(n))["mean"])
         x = batch["image"][: n // 2]
-        label = batch["label"][: n // 2] if self.config.conditional else None
+        label = self.label_of(batch, n // 2)
         recon = self.to_unit(self(x, label))
         pairs = tf.reshape(tf.stack([self.to_unit(x), recon], 1), [-1, *self.spec.shape])
         return {"samples": samples, "reconstructions": pairs}
