@@ -211,13 +211,18 @@ def builder_for(config: DataConfig):
     return builder
 
 
+# TFDS datasets whose pixels are already {0, 1} (the fixed binarization of Larochelle &
+# Murray 2011 that the published static-MNIST numbers use): scaled to {0, 255}, so every
+# binary mode keeps them exactly as they are (a Bernoulli(1) or Bernoulli(0) draw).
+PREBINARIZED = ("binarized_mnist",)
+
+
 def _load_tfds(config: DataConfig, split: str):
     builder = builder_for(config)
     features = builder.info.features
-    if "image" not in features or "label" not in features:
+    if "image" not in features:
         raise UsageError(
-            f"dataset {config.dataset!r} has features {list(features)}; "
-            "gen_keras needs 'image' and 'label'"
+            f"dataset {config.dataset!r} has features {list(features)}; gen_keras needs 'image'"
         )
     shape = tuple(features["image"].shape)
     if None in shape or len(shape) != 3:
@@ -237,10 +242,18 @@ def _load_tfds(config: DataConfig, split: str):
     ds = builder.as_dataset(
         split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
     )
-    ds = ds.map(lambda d: {"image": d["image"], "label": d["label"]})
+    labelled = "label" in features
+    binary = config.dataset in PREBINARIZED
+
+    def select(d):
+        image = tf.minimum(d["image"], 1) * 255 if binary else d["image"]
+        label = d["label"] if labelled else tf.constant(0, tf.int64)  # unlabelled: class 0
+        return {"image": image, "label": label}
+
+    ds = ds.map(select)
     if num_examples is None:
         num_examples = int(ds.reduce(0, lambda n, _: n + 1))
-    return ds, num_examples, shape, features["label"].num_classes
+    return ds, num_examples, shape, features["label"].num_classes if labelled else 0
 
 
 EXAMPLE_FEATURES = {

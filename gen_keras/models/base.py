@@ -15,7 +15,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras.config import from_dict
+from gen_keras.config import check, from_dict
 from gen_keras.data import DataSpec
 from gen_keras.distributions import bits_per_dim
 
@@ -57,6 +57,11 @@ class GenerativeModel(keras.Model):
             config = from_dict(self.config_class, config)
         self.config = config
         self.seed = seed
+        check(
+            self.spec.num_classes > 0 or not getattr(config, "conditional", False),
+            "conditional=True needs class labels, and this dataset has none (num_classes=0): "
+            "train an unconditional model",
+        )
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
 
     # -- Keras serialization (.keras files) ------------------------------------------------

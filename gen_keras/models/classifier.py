@@ -116,6 +116,7 @@ class Classifier(GenerativeModel):
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
         spec, config = self.spec, self.config
+        check(spec.num_classes > 0, "a classifier needs class labels; this dataset has none")
         h, w, _ = spec.shape
         if config.arch == "encoder":
             check(
