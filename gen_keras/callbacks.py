@@ -73,7 +73,8 @@ def sample_images(model, n: int, seed, batch: int = 500) -> np.ndarray:
 class SampleQuality(keras.callbacks.Callback):
     """FID, KID, classifier score and class coverage of `num_samples` samples against an
     eval split, under one classifier's features (a `metrics.Classifier`, or the path of a
-    classifier export or run); written to TensorBoard in `log_dir` and added to the logs.
+    classifier export or run); added to the logs, and written to TensorBoard in `log_dir`
+    if one is given (the note on which classifier goes to `writer` or `log_dir`).
 
     Without a classifier (classifier="") it notes once that sample quality is off.
     """
@@ -130,7 +131,9 @@ class SampleQuality(keras.callbacks.Callback):
             f"{self.num_samples} samples vs {len(self.quality.reference)} eval images",
             step,
         )
-        summaries.scalars(self.writer, values, step)
+        if self.log_dir:  # the harness writes the logs it is given itself
+            summaries.scalars(self.writer, values, step)
+            self.writer.flush()
         if logs is not None:
             logs.update(values)
 

@@ -146,7 +146,10 @@ def save(model, path: str) -> None:
     if "sample" in functions:
         functions["sample_png"] = _png_signature(functions["sample"], model.spec)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The network's layers, not the model: its training state (optimizers, metrics, the
+    # seed generator of `fit`) has no place in a servable model.
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        archive.track(layer)
     archive.add_endpoint("serving_default", functions[next(iter(functions))])
     for endpoint, fn in functions.items():
         archive.add_endpoint(endpoint, fn)

@@ -198,7 +198,7 @@ class GAN(GenerativeModel):
         learning rate); Keras' single `optimizer` stays None."""
         lr = learning_rate or self.learning_rate
         kwargs.pop("optimizer", None)
-        super().compile(optimizer=None, **kwargs)
+        keras.Model.compile(self, optimizer=None, **kwargs)  # not the one-optimizer default
         self.d_optimizer = d_optimizer or adam_for(self.config.loss, lr)
         self.g_optimizer = g_optimizer or adam_for(self.config.loss, lr)
 
