@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from gen_keras import metrics
+from gen_keras import metrics, runs
 from gen_keras.config import DataConfig, UsageError, check
 from gen_keras.data import ImageData
 
@@ -94,7 +94,7 @@ def discover(export_root: str) -> list[str]:
 
     found = []
     for name in sorted(os.listdir(export_root)) if os.path.isdir(export_root) else []:
-        path = metrics.latest_export(os.path.join(export_root, name))
+        path = runs.latest_export(os.path.join(export_root, name))
         if path and "sample" in tf.saved_model.load(path).signatures:
             found.append(os.path.join(export_root, name))
     return found
@@ -127,17 +127,17 @@ def compare(paths, classifier_path, n, seed=0, data_dir=None, export_root="saved
     """Scores each export; returns (markdown table, rows, skipped paths)."""
     check(bool(classifier_path), "--classifier is needed: a classifier export or run directory")
     paths = list(paths) or discover(export_root)
-    exports = [(p, metrics.latest_export(p)) for p in paths]
+    exports = [(p, runs.latest_export(p)) for p in paths]
     skipped = [p for p, e in exports if e is None]
     check(
         len(skipped) < len(exports) or not exports,
         f"none of {', '.join(paths)} holds an export (<dir>/<version>/saved_model.pb)",
     )
     check(bool(exports), f"no exports given and none with a sample signature in {export_root}")
-    reference = Reference(metrics.load_classifier(classifier_path), n, data_dir)
+    reference = Reference(runs.load_classifier(classifier_path), n, data_dir)
     rows = []
     for _, path in (pe for pe in exports if pe[1] is not None):
-        samples = metrics.sample_from_export(path, n, seed=seed)
+        samples = runs.sample_from_export(path, n, seed=seed)
         rows.append({"export": path, **reference.score(samples, seed)})
     return table(rows, reference), rows, skipped
 

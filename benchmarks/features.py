@@ -159,7 +159,7 @@ def main(argv):
     budgets = [None if b == "full" else int(b) for b in FLAGS.labels]
     encoders = FLAGS.encoders if set(FLAGS.methods) - {"random"} else []
     runs = {family: pretrain(family, FLAGS.out) for family in encoders}
-    sources = {family: train.restore_model(d)[0] for family, d in runs.items()}
+    sources = {family: runs.restore_model(d)[0] for family, d in runs.items()}
     train_xy, test_xy = load("train", FLAGS.data_dir), load(FLAGS.test_split, FLAGS.data_dir)
     spec = ImageData(DataConfig(data_dir=FLAGS.data_dir), "test[:1]", training=False).spec
     configs = [

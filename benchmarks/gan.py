@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from benchmarks.compare import Reference
-from gen_keras import export, metrics, train
+from gen_keras import export, runs, train
 from gen_keras.config import DataConfig, TrainConfig, UsageError, check, replace
 from gen_keras.models import gan
 
@@ -100,9 +100,7 @@ def main(argv):
         check(bool(FLAGS.classifier), "--classifier is needed (python -m trainers.classifier)")
         for loss in FLAGS.losses:
             check(loss in gan.LOSSES, f"losses: {loss!r} is not one of {', '.join(gan.LOSSES)}")
-        reference = Reference(
-            metrics.load_classifier(FLAGS.classifier), FLAGS.samples, FLAGS.data_dir
-        )
+        reference = Reference(runs.load_classifier(FLAGS.classifier), FLAGS.samples, FLAGS.data_dir)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
@@ -114,7 +112,7 @@ def main(argv):
         result, seconds, epochs = train_one(loss, preset, data_config, FLAGS.out)
         path = export.export(result.model, os.path.join(FLAGS.out, "exports"), f"gan_{loss}")
         start = time.perf_counter()  # through the export, as benchmarks.compare samples
-        samples = metrics.sample_from_export(path, FLAGS.samples, seed=FLAGS.seed)
+        samples = runs.sample_from_export(path, FLAGS.samples, seed=FLAGS.seed)
         sampling = FLAGS.samples / (time.perf_counter() - start)
         row = {
             "loss": loss,

@@ -20,7 +20,7 @@ import time
 import tensorflow as tf
 from absl import app, flags
 
-from gen_keras import rng, sampling, summaries
+from gen_keras import evaluation, rng, sampling, summaries
 from gen_keras.config import DataConfig
 from gen_keras.data import ImageData
 from gen_keras.models import pixelrnn
@@ -120,7 +120,7 @@ def quality() -> None:
             if train_seconds >= budget:
                 break
         epoch += 1
-    final = model.final_metrics(test_data, None)
+    final = evaluation.score_split(model, test_data)
     seeds = rng.row_seeds(tf.constant([FLAGS.seed, 9]), 16)
     samples = tf.function(lambda s: model.sample(s))(seeds)
     summaries.write_png(

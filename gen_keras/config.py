@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 DATA_MODES = (
@@ -93,15 +92,6 @@ class TrainConfig:
         check(bool(self.model_dir), "model_dir must be a directory path")
         check_choice("jit_compile", self.jit_compile, JIT_CHOICES)
         check_choice("strategy", self.strategy, STRATEGIES)
-
-
-def to_dict(*configs) -> dict[str, dict[str, Any]]:
-    """{ClassName: fields} for a JSON record of a run."""
-    return {type(c).__name__: dataclasses.asdict(c) for c in configs}
-
-
-def to_json(*configs) -> str:
-    return json.dumps(to_dict(*configs), indent=2, sort_keys=True)
 
 
 def from_dict(cls, fields: dict[str, Any]):

@@ -211,13 +211,18 @@ def builder_for(config: DataConfig):
     return builder
 
 
+# TFDS datasets whose pixels are already {0, 1} (the fixed binarization of Larochelle &
+# Murray 2011 that the published static-MNIST numbers use): scaled to {0, 255}, so every
+# binary mode keeps them exactly as they are (a Bernoulli(1) or Bernoulli(0) draw).
+PREBINARIZED = ("binarized_mnist",)
+
+
 def _load_tfds(config: DataConfig, split: str):
     builder = builder_for(config)
     features = builder.info.features
-    if "image" not in features or "label" not in features:
+    if "image" not in features:
         raise UsageError(
-            f"dataset {config.dataset!r} has features {list(features)}; "
-            "gen_keras needs 'image' and 'label'"
+            f"dataset {config.dataset!r} has features {list(features)}; gen_keras needs 'image'"
         )
     shape = tuple(features["image"].shape)
     if None in shape or len(shape) != 3:
@@ -237,10 +242,18 @@ def _load_tfds(config: DataConfig, split: str):
     ds = builder.as_dataset(
         split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
     )
-    ds = ds.map(lambda d: {"image": d["image"], "label": d["label"]})
+    labelled = "label" in features
+    binary = config.dataset in PREBINARIZED
+
+    def select(d):
+        image = tf.minimum(d["image"], 1) * 255 if binary else d["image"]
+        label = d["label"] if labelled else tf.constant(0, tf.int64)  # unlabelled: class 0
+        return {"image": image, "label": label}
+
+    ds = ds.map(select)
     if num_examples is None:
         num_examples = int(ds.reduce(0, lambda n, _: n + 1))
-    return ds, num_examples, shape, features["label"].num_classes
+    return ds, num_examples, shape, features["label"].num_classes if labelled else 0
 
 
 EXAMPLE_FEATURES = {
@@ -352,8 +365,10 @@ class ImageData:
     ) -> tf.data.Dataset:
         """Global batches of {"image", "label"}, or this input pipeline's replica batches.
 
-        Training pipelines shuffle with (seed, epoch), repeat, drop remainders and start
-        `skip` global batches in; evaluation pipelines keep order and the last partial batch.
+        Training pipelines shuffle with (seed, epoch) and drop remainders: one pass (a Keras
+        `fit` epoch; reshuffled each pass), or with `steps`/`skip` an endless repeat that
+        starts `skip` global batches in and takes `steps`. Evaluation pipelines keep order
+        and the last partial batch.
 
         With an `input_context` (from `strategy.distribute_datasets_from_function`) every
         pipeline builds the same global batches and keeps its slice, split into one element
@@ -364,7 +379,9 @@ class ImageData:
         if self.training:
             shuffle_seed = (seed * 1_000_003 + epoch) % (2**31)
             buffer = min(self.num_examples, _SHUFFLE_BUFFER)
-            ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
+            ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+            if steps is not None or skip:  # the harness: a fixed number of steps per epoch
+                ds = ds.repeat()
         ds = ds.enumerate().map(
             self._preprocess(seed, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
@@ -398,3 +415,27 @@ def _replica_slices(ds: tf.data.Dataset, global_batch: int, ctx, training: bool)
 
     replicas = tf.data.Dataset.range(first, first + local)
     return ds.flat_map(lambda b: replicas.map(lambda r: take(b, r)))
+
+
+def load(
+    name: str = "mnist",
+    split: str = "train",
+    binarization: str = "binary_static",
+    *,
+    data_dir: str | None = None,
+    training: bool | None = None,
+    **config,
+) -> ImageData:
+    """One split of a TFDS image dataset, ready for `model.fit` / `model.evaluate`:
+
+        train = data.load("mnist", split="train[:2048]", binarization="binary_static")
+        model.fit(train.dataset(batch_size=64), epochs=1)
+
+    `.spec` describes the images (shape, data mode, classes) for `models.build`.
+    training: shuffle and drop the last partial batch (default: splits named train*).
+    Other DataConfig fields (manual_dir, download, binarization_seed) pass through.
+    """
+    cfg = DataConfig(dataset=name, binarization=binarization, data_dir=data_dir, **config)
+    if training is None:
+        training = split.startswith("train")
+    return ImageData(cfg, split, training)

@@ -26,6 +26,9 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from gen_keras.config import check
+
+LIKELIHOODS = ("auto", "bernoulli", "categorical", "logistic_mixture")
 tfd = tfp.distributions
 
 
@@ -194,6 +197,23 @@ def make_head(name: str, num_mixtures: int = 5):
 
 def default_likelihood(binary: bool) -> str:
     return "bernoulli" if binary else "categorical"
+
+
+def resolve_likelihood(name: str, spec) -> str:
+    """A likelihood-model's head name for the data: `auto` is bernoulli for binary data and
+    categorical for uint8; raises UsageError where the head does not fit the data mode."""
+    name = default_likelihood(spec.binary) if name == "auto" else name
+    check(
+        spec.binary == (name == "bernoulli"),
+        f"likelihood={name!r} does not fit binarization={spec.mode!r}: use bernoulli for "
+        "binary data, categorical or logistic_mixture for uint8",
+    )
+    check(
+        spec.binary or spec.mode == "uint8",
+        f"likelihood models need discrete pixels: binarization={spec.mode!r} must be a binary "
+        "mode or 'uint8'",
+    )
+    return name
 
 
 def bits_per_dim(nats, num_dims: int):

@@ -87,6 +87,22 @@ def check_rows(name: str, tensor, batch=None):
         return tf.identity(tensor)
 
 
+def check_mask(mask, batch):
+    """Validates a completion mask uint8 [N, H, W, C] (1 = known, 0 = to sample)."""
+    checks = [
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(mask),
+            tf.constant(1, tf.uint8),
+            message="mask: values must be 1 (known pixel) or 0 (pixel to sample)",
+        ),
+        tf.debugging.assert_equal(
+            tf.shape(mask)[0], batch, message="mask: needs one row per row of images"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(mask)
+
+
 def versions(model_root: str) -> list[int]:
     """Integer version directories under <export_root>/<model_name>, ascending."""
     if not os.path.isdir(model_root):
@@ -130,7 +146,10 @@ def save(model, path: str) -> None:
     if "sample" in functions:
         functions["sample_png"] = _png_signature(functions["sample"], model.spec)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The network's layers, not the model: its training state (optimizers, metrics, the
+    # seed generator of `fit`) has no place in a servable model.
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        archive.track(layer)
     archive.add_endpoint("serving_default", functions[next(iter(functions))])
     for endpoint, fn in functions.items():
         archive.add_endpoint(endpoint, fn)

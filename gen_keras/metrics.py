@@ -21,12 +21,11 @@ every export's `sample` signature, so the same code scores any model family.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
 
-from gen_keras.config import UsageError, check
+from gen_keras.config import check
 
 
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
@@ -154,52 +153,6 @@ class Classifier:
         return np.concatenate(logits), np.concatenate(features)
 
 
-def latest_export(path: str) -> str | None:
-    """path itself if it is a SavedModel, else its highest integer version that is one."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    from gen_keras.export import versions
-
-    for v in reversed(versions(path)):
-        candidate = os.path.join(path, str(v))
-        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    return None
-
-
-def load_classifier(path: str) -> Classifier:
-    """A Classifier from a classifier export (a version dir or its model root, latest
-    version) with a `classify(images) -> logits, features` signature, or from a classifier
-    training run directory (its latest checkpoint)."""
-    exported = latest_export(path)
-    if exported:
-        loaded = tf.saved_model.load(exported)
-        check(
-            "classify" in loaded.signatures,
-            f"classifier={path!r}: the export at {exported} has no 'classify' signature "
-            f"(it has {', '.join(loaded.signatures)}); give a classifier export",
-        )
-        sig = loaded.signatures["classify"]
-        fn = lambda images: sig(images=images)  # noqa: E731 - keeps `loaded` alive
-        fn.loaded = loaded
-        return Classifier(fn, os.path.abspath(exported))
-    if os.path.isfile(os.path.join(path, "config.json")):
-        from gen_keras import train
-
-        model, step = train.restore_model(path)
-        check(
-            model.family == "classifier",
-            f"classifier={path!r} is a run of the {model.family!r} family, not a classifier",
-        )
-        classify = model.serving_functions()["classify"]
-        return Classifier(classify, f"{os.path.abspath(path)} (run, step {step})")
-    raise UsageError(
-        f"classifier={path!r} is neither a classifier export (<dir>/<version>/saved_model.pb) "
-        "nor a classifier run directory (config.json); train one with "
-        "`python -m trainers.classifier`"
-    )
-
-
 class SampleQuality:
     """A classifier and its features of reference images (computed once), to score samples.
 
@@ -237,30 +190,3 @@ def scores(logits, features, reference_features, kid_subsets: int = 10, seed: in
     for k, value in enumerate(coverage["class_fractions"]):
         out[f"class_fraction_{k}"] = float(value)
     return out
-
-
-# -- samples of any export --------------------------------------------------------------------
-
-
-def sample_from_export(path: str, n: int, seed: int = 0, num_classes: int = 10, batch: int = 500):
-    """n samples, uint8 [n, H, W, C], from an export's `sample(seed[, label])` signature.
-
-    Row i uses the seed [seed, i]; conditional exports get class-balanced labels i % K.
-    """
-    exported = latest_export(path)
-    check(exported is not None, f"{path!r} holds no SavedModel (<dir>/<version>/saved_model.pb)")
-    loaded = tf.saved_model.load(exported)
-    check(
-        "sample" in loaded.signatures,
-        f"the export at {exported} has no 'sample' signature (a generative model's export)",
-    )
-    sig = loaded.signatures["sample"]
-    conditional = "label" in sig.structured_input_signature[1]
-    out = []
-    for start in range(0, n, batch):
-        rows = np.arange(start, min(n, start + batch), dtype=np.int32)
-        inputs = {"seed": tf.constant(np.stack([np.full_like(rows, seed), rows], 1))}
-        if conditional:
-            inputs["label"] = tf.constant(rows % num_classes)
-        out.append(sig(**inputs)["images"].numpy())
-    return np.concatenate(out)

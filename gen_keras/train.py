@@ -23,12 +23,13 @@ import time
 import keras
 import tensorflow as tf
 
+from gen_keras import callbacks, evaluation, models, rng, summaries, transfer
 from gen_keras import export as export_lib
-from gen_keras import models, rng, summaries
-from gen_keras.config import DataConfig, TrainConfig, UsageError, check, from_dict
+from gen_keras.config import DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
+from gen_keras.models.base import dummy_batch
+from gen_keras.runs import RUN_RECORD
 
-RUN_RECORD = "config.json"
 # Fields that define what a run learns; a restart with other values would corrupt it.
 _IDENTITY = {"model": None, "data": ("dataset", "binarization", "train_split", "binarization_seed")}
 
@@ -181,10 +182,6 @@ def _record(family, model_config, data_config, train_config, spec) -> dict:
     }
 
 
-def _dummy_batch(spec: DataSpec, n: int = 2) -> dict:
-    return {"image": tf.zeros([n, *spec.shape]), "label": tf.zeros([n], tf.int32)}
-
-
 def _check_record(model_dir: str, record: dict) -> None:
     """Refuses to resume a run whose model or data identity differs from this one."""
     path = os.path.join(model_dir, RUN_RECORD)
@@ -260,7 +257,8 @@ class _Run:
         _check_record(self.model_dir, self.record)
         with self.strategy.scope():
             self.model = self.family.build(model_config, self.spec, train_config.learning_rate)
-            self.model.build_for_training(_dummy_batch(self.spec))
+            self.model.build_for_training(dummy_batch(self.spec))
+            transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.checkpoint = tf.train.Checkpoint(
                 model=self.model,
@@ -379,7 +377,9 @@ def fit(
             step, eval_logs = loop.epoch(step, sigterm)
     if not eval_logs:
         eval_logs = evaluate(run, loop.eval_seed, jit, cfg.eval_steps)
-    final = model.final_metrics(run.eval_data, loop.eval_seed)
+    final = evaluation.score_split(model, run.eval_data, loop.eval_seed)
+    if loop.quality is not None and loop.quality.quality is not None:
+        final.update(loop.quality.evaluate(model.config.final_samples))
     summaries.scalars(loop.eval_writer, final, step, prefix="final/")
     loop.eval_writer.flush()
     export_path = None
@@ -403,11 +403,29 @@ class _Loop:
         self.steps_per_epoch = cfg.steps_per_epoch or run.train_data.steps_per_epoch(cfg.batch_size)
         self.total = cfg.epochs * self.steps_per_epoch
         seed = cfg.seed % (2**31)
-        self.train_seed, self.eval_seed, self.summary_seed = (
-            tf.constant([seed, k], tf.int32) for k in (1, 2, 3)
-        )
+        self.train_seed, self.eval_seed = (tf.constant([seed, k], tf.int32) for k in (1, 2))
         self.train_writer, self.eval_writer = run.writer("train"), run.writer("eval")
-        self.summary_batch = next(iter(run.eval_data.dataset(cfg.num_summary_images)))
+        self.callbacks = [
+            callbacks.Pictures(
+                data=run.eval_data,
+                num_images=cfg.num_summary_images,
+                seed=(seed, 3),
+                png_dir=run.model_dir if run.chief else None,
+                writer=self.eval_writer,
+            )
+        ]
+        self.quality = None
+        if hasattr(run.model.config, "classifier"):  # samplers scored under a classifier
+            self.quality = callbacks.SampleQuality(
+                run.model.config.classifier,
+                run.eval_data,
+                num_samples=run.model.config.fid_samples,
+                seed=(seed, 2),
+                writer=self.eval_writer,
+            )
+            self.callbacks.insert(0, self.quality)
+        for callback in self.callbacks:
+            callback.set_model(run.model)
         self.train = _step_function(run, run.model.train_step, jit)
         self.budget = 60 * cfg.max_train_minutes if cfg.max_train_minutes else None
         self.deadline = None  # starts after the first step: data caching and tracing are free
@@ -464,12 +482,11 @@ class _Loop:
         images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
         summaries.scalars(self.train_writer, {**logs, "images_per_sec": images_per_sec}, step)
         eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
-        with self.eval_writer.as_default(step=step):
-            eval_logs.update(model.epoch_metrics(run.eval_data, self.eval_seed))
+        logs = dict(eval_logs, step=step)
+        for callback in self.callbacks:  # sample quality adds its figures to the logs
+            callback.on_epoch_end(epoch, logs)
+        eval_logs = {k: v for k, v in logs.items() if k != "step"}
         summaries.scalars(self.eval_writer, eval_logs, step)
-        _epoch_pictures(
-            run, self.eval_writer, self.summary_batch, self.summary_seed, epoch + 1, step
-        )
         run.save(step)
         self.train_writer.flush()
         self.eval_writer.flush()
@@ -477,33 +494,3 @@ class _Loop:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in eval_logs.items())
             print(f"  eval: {shown}  ({images_per_sec:.0f} images/s)", flush=True)
         return step, eval_logs
-
-
-def _epoch_pictures(run, writer, batch, seed, epoch: int, step: int) -> None:
-    pictures = run.model.image_summaries(batch, seed)
-    grids = summaries.images(writer, pictures, step)
-    if run.chief and "samples" in grids:
-        path = os.path.join(run.model_dir, "samples", f"epoch_{epoch:04d}.png")
-        summaries.write_png(path, grids["samples"])
-        summaries.write_png(os.path.join(run.model_dir, "samples.png"), grids["samples"])
-
-
-def restore_model(model_dir: str):
-    """Rebuilds a run's model from its record and restores its latest checkpoint.
-
-    Returns (model, step); needs no data, so a run can be exported anywhere.
-    """
-    path = os.path.join(model_dir, RUN_RECORD)
-    check(os.path.exists(path), f"model_dir={model_dir} has no {RUN_RECORD}: not a gen_keras run")
-    with open(path) as f:
-        record = json.load(f)
-    family = models.get(record["family"])
-    spec = DataSpec.from_json(record["spec"])
-    model = family.build(from_dict(family.Config, record["model"]), spec, 1e-3)
-    model.build_for_training(_dummy_batch(spec))
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, step=step)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    check(latest is not None, f"model_dir={model_dir} has no checkpoint to export")
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    return model, int(step.numpy())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from gen_keras.config import UsageError, check
+from gen_keras.runs import restore_model
 
 
 def encoder_weights(model) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -64,7 +65,12 @@ def init_from_encoder(classifier, source) -> None:
 
 def init_from_run(classifier, model_dir: str) -> None:
     """Restores an autoencoder or VAE run's latest checkpoint and copies its encoder."""
-    from gen_keras import train  # the harness imports the model registry
-
-    source, _ = train.restore_model(model_dir)
+    source, _ = restore_model(model_dir)
     init_from_encoder(classifier, source)
+
+
+def warm_start(model) -> None:
+    """Applies a model's configured warm start (a classifier's `init_from` run), if any."""
+    init_from = getattr(model.config, "init_from", "")
+    if init_from:
+        init_from_run(model, init_from)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gen_keras import train
+from gen_keras import runs, train
 from gen_keras.config import UsageError
 from gen_keras.data import DataSpec
 from gen_keras.models import classifier
@@ -139,7 +139,7 @@ def test_classify_export_round_trip(run):
 
 
 def test_a_restored_run_gives_the_same_features(run):
-    model, step = train.restore_model(run.model_dir)
+    model, step = runs.restore_model(run.model_dir)
     assert step == 80
     x = tf.random.stateless_uniform([3, 28, 28, 1], [5, 5])
     np.testing.assert_allclose(model.features(x), run.model.features(x), rtol=1e-6)

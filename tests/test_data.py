@@ -1,15 +1,20 @@
 """Data modes, seeded pipelines, resumable epochs, IDX building and offline errors."""
 
+import dataclasses
 import gzip
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from gen_keras import data as data_lib
+from gen_keras import models
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
+from gen_keras.models import pixelcnn
 from tests.conftest import small_data
 
 
@@ -190,8 +195,6 @@ def test_spec_round_trips_between_data_and_model_space():
 
 
 def test_mock_data_pipeline(mnist_dir, monkeypatch):
-    import tensorflow_datasets as tfds
-
     # mock_data makes download_and_prepare a no-op; the probe must not stop it first
     monkeypatch.setattr(data_lib, "network_available", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=40):
@@ -199,3 +202,27 @@ def test_mock_data_pipeline(mnist_dir, monkeypatch):
         data = ImageData(cfg, "train", training=True)
         batch = next(iter(data.dataset(8)))
     assert batch["image"].shape == (8, 28, 28, 1)
+
+
+def test_a_dataset_without_labels_trains_unconditional_models_only(monkeypatch, tmp_path):
+    # binarized_mnist (Larochelle's fixed binarization): {0, 1} pixels, no label feature.
+    monkeypatch.setattr(data_lib, "network_available", lambda *a, **k: True)
+    with tfds.testing.mock_data(num_examples=40):
+        cfg = DataConfig(dataset="binarized_mnist", data_dir=str(tmp_path))
+        data = ImageData(cfg, "train", training=True)
+        raw = ImageData(dataclasses.replace(cfg, binarization="uint8"), "train", training=False)
+        batch = next(iter(data.dataset(8, steps=1)))
+        pixels = next(iter(raw.dataset(40)))["image"]
+    assert data.spec.num_classes == 0 and data.spec.shape == (28, 28, 1)
+    assert set(np.unique(pixels)) <= {0.0, 255.0}  # {0, 1} scaled, so binarizing keeps them
+    assert set(np.unique(batch["image"])) <= {0.0, 1.0}
+    assert (batch["label"].numpy() == 0).all()
+    keras.utils.set_random_seed(1)
+    model = models.build("pixelcnn", "small", spec=data.spec)
+    logs = model.train_step(dict(batch, seed=tf.constant([1, 2])))
+    assert np.isfinite(float(logs["loss"]))
+    conditional = dataclasses.replace(pixelcnn.small(), conditional=True)
+    with pytest.raises(UsageError, match="this dataset has none"):
+        models.build("pixelcnn", conditional, spec=data.spec)
+    with pytest.raises(UsageError, match="needs class labels"):
+        models.build("classifier", "small", spec=dataclasses.replace(data.spec, mode="float"))

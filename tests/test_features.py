@@ -78,14 +78,17 @@ def test_encoders_that_do_not_fit_are_refused():
         transfer.init_from_encoder(_built(classifier, classifier.probe(4, 8)), mlp)
 
 
-def test_a_classifier_built_with_init_from_a_run_starts_from_its_encoder(vae_run):
+def test_a_classifier_warm_started_from_a_run_starts_from_its_encoder(vae_run):
     spec = vae_run.model.spec
     clf = classifier.build(classifier.probe(4, 8, init_from=vae_run.model_dir), spec, 1e-3)
+    transfer.warm_start(clf)
     x = tf.cast(tf.random.stateless_uniform([3, *spec.shape], [1, 1]) < 0.2, tf.float32)
     mean = vae_run.model.posterior(x).mean()
     np.testing.assert_allclose(clf.features(x), mean, rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="not a gen_keras run"):
-        classifier.build(classifier.probe(4, 8, init_from="/nonexistent"), spec, 1e-3)
+        transfer.warm_start(
+            classifier.build(classifier.probe(4, 8, init_from="/nonexistent"), spec, 1e-3)
+        )
 
 
 # -- pictures -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from gen_keras import metrics, rng, train
+from gen_keras import callbacks, rng, runs, train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models import gan
@@ -258,7 +258,7 @@ def test_final_metrics_score_class_balanced_samples(run, mnist_classifier):
     record = json.load(open(os.path.join(run.model_dir, "config.json")))
     assert record["model"]["classifier"] == mnist_classifier.export_path  # named with the run
     # The same figures recomputed from the export's sample signature.
-    samples = metrics.sample_from_export(run.export_path, 300, seed=0)
+    samples = runs.sample_from_export(run.export_path, 300, seed=0)
     assert samples.dtype == np.uint8 and samples.max() > 1
 
 
@@ -266,7 +266,7 @@ def test_a_run_resumes_both_players_and_both_optimizers(run, mnist_dir, tmp_path
     import shutil
 
     shutil.copytree(run.model_dir, tmp_path / "run")
-    model, step = train.restore_model(str(tmp_path / "run"))
+    model, step = runs.restore_model(str(tmp_path / "run"))
     assert step == 8 and int(model.d_optimizer.iterations) == int(model.g_optimizer.iterations) == 8
     for a, b in zip(model.get_weights(), run.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -286,13 +286,16 @@ def test_a_run_resumes_both_players_and_both_optimizers(run, mnist_dir, tmp_path
 def test_without_a_classifier_fid_is_off_and_says_so(tmp_path):
     model = _model()
     writer = tf.summary.create_file_writer(str(tmp_path))
-    with writer.as_default(step=1):
-        assert model.epoch_metrics(None, tf.constant([0, 0])) == {}
+    quality = callbacks.SampleQuality("", None, writer=writer)
+    quality.set_model(model)
+    logs = {"loss": 1.0}
+    quality.on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0}  # no figures added
     writer.flush()
     _, acc = _events(str(tmp_path))
     text = tf.make_ndarray(acc.Tensors("sample_quality")[0].tensor_proto).item().decode()
     assert "no classifier was given" in text
-    assert model.final_metrics(None, tf.constant([0, 0])) == {}
+    assert quality.evaluate(300) == {}
 
 
 @pytest.fixture(scope="module")

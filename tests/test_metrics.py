@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gen_keras import metrics
+from gen_keras import metrics, runs
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import ImageData
 
@@ -95,7 +95,7 @@ def _images(split, mnist_dir, mode="uint8"):
 def features(mnist_classifier, mnist_dir):
     """Small-classifier outputs of 1000 test digits, 1000 train digits, 1000 train ones and
     1000 uniform-noise images."""
-    classifier = metrics.load_classifier(mnist_classifier.export_path)
+    classifier = runs.load_classifier(mnist_classifier.export_path)
     test, _ = _images("test[:1000]", mnist_dir)
     train, labels = _images("train[4000:12000]", mnist_dir)
     noise = np.random.default_rng(0).integers(0, 256, test.shape).astype(np.uint8)
@@ -138,15 +138,15 @@ def test_sample_quality_scores_samples_against_a_reference(features, mnist_dir):
 
 def test_the_classifier_loads_from_export_model_root_and_run_directory(mnist_classifier):
     images = (np.arange(4 * 28 * 28).reshape(4, 28, 28, 1) % 256).astype(np.uint8)
-    version = metrics.load_classifier(mnist_classifier.export_path)
-    root = metrics.load_classifier(os.path.dirname(mnist_classifier.export_path))
-    run = metrics.load_classifier(mnist_classifier.model_dir)
+    version = runs.load_classifier(mnist_classifier.export_path)
+    root = runs.load_classifier(os.path.dirname(mnist_classifier.export_path))
+    run = runs.load_classifier(mnist_classifier.model_dir)
     assert version.name == root.name == os.path.abspath(mnist_classifier.export_path)
     assert "step 60" in run.name
     for other in (root, run):
         np.testing.assert_allclose(other(images)[1], version(images)[1], rtol=1e-4, atol=1e-5)
     with pytest.raises(UsageError, match="neither a classifier export"):
-        metrics.load_classifier("/nonexistent/classifier")
+        runs.load_classifier("/nonexistent/classifier")
     with pytest.raises(UsageError, match="uint8"):
         version(images.astype(np.float32))
 
@@ -155,14 +155,14 @@ def test_vae_export_samples_are_scored_through_its_sample_signature(
     vae_run, features, mnist_classifier
 ):
     classifier, out = features
-    samples = metrics.sample_from_export(vae_run.export_path, 300, seed=1)
+    samples = runs.sample_from_export(vae_run.export_path, 300, seed=1)
     assert samples.shape == (300, 28, 28, 1) and samples.dtype == np.uint8
     assert set(np.unique(samples)) <= {0, 1}  # a binary model's data space
-    again = metrics.sample_from_export(os.path.dirname(vae_run.export_path), 300, seed=1)
+    again = runs.sample_from_export(os.path.dirname(vae_run.export_path), 300, seed=1)
     np.testing.assert_array_equal(samples, again)  # the same seeds, the latest version
     logits, feats = classifier(samples * np.uint8(255))
     assert np.isfinite(metrics.fid(feats, out["test"][1]))
     with pytest.raises(UsageError, match="holds no SavedModel"):
-        metrics.sample_from_export("/nonexistent/export", 3)
+        runs.sample_from_export("/nonexistent/export", 3)
     with pytest.raises(UsageError, match="no 'sample' signature"):
-        metrics.sample_from_export(mnist_classifier.export_path, 3)
+        runs.sample_from_export(mnist_classifier.export_path, 3)

@@ -17,7 +17,7 @@ from gen_keras import data as data_lib
 from gen_keras import train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
-from gen_keras.models import pixelcnn
+from gen_keras.models import autoregressive, pixelcnn
 from tests.conftest import REPO, small_data, small_train
 from tests.test_export import STATEFUL_RNG, Served
 
@@ -215,7 +215,7 @@ def test_probabilities_of_all_8bit_two_channel_pixels_sum_to_one(likelihood):
 def test_cached_sampler_equals_the_reference_sampler(arch, likelihood, spec):
     model = _model(_config(arch, likelihood, conditional=True), spec)
     label, images = tf.constant([4, 0, 9]), _batch(spec)["image"]
-    known = pixelcnn.top_half(tf.shape(images), spec.shape[0])
+    known = autoregressive.top_half(tf.shape(images), spec.shape[0])
 
     @tf.function
     def run_both(seeds):

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from gen_keras import train
+from gen_keras import runs, train
 from gen_keras.config import TrainConfig, UsageError
 from gen_keras.models import vae
 from tests.conftest import REPO, small_data, small_train
@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(mnist_dir, tmp
     with pytest.raises(train.TrainingError, match=r"loss became nan at step 5.*ckpt-4"):
         train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
     monkeypatch.undo()
-    model, step = train.restore_model(cfg.model_dir)
+    model, step = runs.restore_model(cfg.model_dir)
     assert step == 4
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert not os.path.exists(cfg.export_dir)  # nothing was exported

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gen_keras import data as data_lib
-from gen_keras import rng
+from gen_keras import evaluation, rng
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models import vae
@@ -154,3 +154,13 @@ def test_training_on_mock_data_lowers_the_loss(mnist_dir, monkeypatch):
             logs = step(dict(b, seed=tf.constant([epoch, i])))
         losses.append(float(logs["loss"]))
     assert losses[-1] < losses[0] - 100.0, losses
+
+
+def test_the_end_of_run_bound_sizes_its_batch_from_a_memory_budget():
+    binary = vae.VAE(DataSpec((28, 28, 1), "binary_static", 10), vae.Config())
+    eight_bit = vae.VAE(DataSpec((28, 28, 1), "uint8", 10), vae.Config())
+    assert evaluation.batch_size_for(binary) == evaluation.DEFAULT_BATCH
+    batch = evaluation.batch_size_for(eight_bit)
+    # chunk 100 x 784 pixels x 256 logits x 4 bytes x 4 temporaries per example
+    assert batch == evaluation.MEMORY_BUDGET // (100 * 784 * 256 * 16)
+    assert batch * eight_bit.eval_bytes_per_example() <= evaluation.MEMORY_BUDGET < 8 * 2**30

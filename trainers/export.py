@@ -8,7 +8,7 @@ Writes <export_dir>/<model>/<next version>/ and refreshes <export_dir>/models.co
 
 from absl import flags
 
-from gen_keras import export, train
+from gen_keras import export, runs
 from trainers import common
 
 flags.DEFINE_string("model_dir", None, "A gen_keras run directory (holds config.json).")
@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    model, step = train.restore_model(FLAGS.model_dir)
+    model, step = runs.restore_model(FLAGS.model_dir)
     path = export.export(model, FLAGS.export_dir, FLAGS.model)
     print(f"exported step {step} of {FLAGS.model_dir}: {path}")
 

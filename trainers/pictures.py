@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from gen_keras import pictures, train
+from gen_keras import pictures, runs
 from gen_keras.config import DataConfig, check, from_dict
 from gen_keras.data import ImageData
 from trainers import common
@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     check(bool(FLAGS.model_dir), "--model_dir is required: an autoencoder or VAE run directory")
-    model, step = train.restore_model(FLAGS.model_dir)
-    with open(os.path.join(FLAGS.model_dir, train.RUN_RECORD)) as f:
+    model, step = runs.restore_model(FLAGS.model_dir)
+    with open(os.path.join(FLAGS.model_dir, runs.RUN_RECORD)) as f:
         data = from_dict(DataConfig, json.load(f)["data"])
     if FLAGS.data_dir:
         data = from_dict(DataConfig, {**data.__dict__, "data_dir": FLAGS.data_dir})

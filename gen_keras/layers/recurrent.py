@@ -176,14 +176,6 @@ class RowLSTM(keras.layers.Layer):
         p = self.input_to_state(x)
         return p if bias is None else p + bias[:, None, None, :]
 
-    def initial_state(self, batch, width: int):
-        zeros = tf.zeros([batch, width, self.units])
-        return zeros, zeros
-
-    def step(self, preact_row, state):
-        """One row: preact_row [B, W, 4u], state of the row above -> (c, h) [B, W, u]."""
-        return row_step(preact_row, state, self.state_kernel, self.groups)
-
 
 class DiagonalBiLSTM(keras.layers.Layer):
     """Diagonal BiLSTM layer: [B, H, W, C_in] -> [B, H, W, units]; sees every earlier pixel.

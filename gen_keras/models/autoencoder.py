@@ -9,7 +9,7 @@
        categorical (uint8 data):  -log Categorical-256(x | softmax(g(z))), nats per image
        mse         (float or uint8 data): mean over pixels of (sigmoid(g(z)) - x)^2, x in [0, 1]
 
-f is the same conv encoder as the VAE's (`models.classifier.encoder_trunk`: two stride-2
+f is the same conv encoder as the VAE's (`models.networks.encoder_trunk`: two stride-2
 3x3 convs, flatten, a linear `code` layer of `latent_dim` units), so it can initialise a
 classifier (`gen_keras.transfer`); g mirrors the VAE decoder. The likelihood heads are those
 of `gen_keras.distributions`. Networks see images in [0, 1]; corruption noise comes from the
@@ -27,7 +27,7 @@ from gen_keras import export
 from gen_keras.config import check, check_choice, check_positive
 from gen_keras.distributions import bits_per_dim, make_head
 from gen_keras.models.base import GenerativeModel, replica_mean
-from gen_keras.models.classifier import encoder_trunk
+from gen_keras.models.networks import conv_decoder, encoder_trunk
 
 LOSSES = ("auto", "bernoulli", "categorical", "mse")
 CORRUPTIONS = ("none", "mask", "gaussian")
@@ -76,13 +76,16 @@ def loss_name(config: Config, spec) -> str:
     return "categorical" if spec.mode == "uint8" else "mse"
 
 
+@keras.saving.register_keras_serializable(package="gen_keras")
 class Autoencoder(GenerativeModel):
     """encoder (conv -> code z) and decoder (z -> reconstruction), one loss per data mode."""
 
     family = "autoencoder"
+    config_class = Config
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
+        spec, config = self.spec, self.config
         h, w, c = spec.shape
         name = loss_name(config, spec)
         check(
@@ -102,23 +105,10 @@ class Autoencoder(GenerativeModel):
         self.head = None if name == "mse" else make_head(name)
         params = c if self.head is None else self.head.num_params(c)
         hid = config.hidden
-        layers = keras.layers
         self.encoder = encoder_trunk(hid, config.latent_dim, name="encoder")
-        self.decoder = keras.Sequential(
-            [
-                layers.Dense(h // 4 * w // 4 * 2 * hid, activation="relu"),
-                layers.Reshape((h // 4, w // 4, 2 * hid)),
-                layers.Conv2DTranspose(hid, 4, 2, "same", activation="relu"),
-                layers.Conv2DTranspose(params, 4, 2, "same"),
-            ],
-            name="decoder",
-        )
+        self.decoder = conv_decoder(spec.shape, hid, params)
         names = ["loss", "mse"] + ([] if self.head is None else ["distortion", "bits_per_dim"])
         self.trackers = {n: keras.metrics.Mean(n) for n in names}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the networks --------------------------------------------------------------------
 
@@ -180,14 +170,12 @@ class Autoencoder(GenerativeModel):
     def _track(self, terms):
         if "distortion" in terms:
             terms = dict(terms, bits_per_dim=bits_per_dim(terms["distortion"], self.spec.num_dims))
-        for name, value in terms.items():
-            self.trackers[name].update_state(value)
-        return {name: m.result() for name, m in self.trackers.items()}
+        return self.track(terms)
 
     def train_step(self, data):
         x = data["image"]
         with tf.GradientTape() as tape:
-            terms = self.terms(x, self.corrupt(x, data["seed"]))
+            terms = self.terms(x, self.corrupt(x, self.step_seed(data)))
             loss = replica_mean(terms["loss"])
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
@@ -196,20 +184,17 @@ class Autoencoder(GenerativeModel):
     def test_step(self, data):
         return self._track(self.terms(data["image"], data["image"]))
 
-    def final_metrics(self, data, seed) -> dict:
-        """Clean-input reconstruction error over the whole eval split."""
+    def score_batch(self, data, seed) -> dict:
+        """Clean-input reconstruction error per image [B]: mse (and distortion in nats)."""
         del seed
-        terms_fn = tf.function(lambda x: self.terms(x, x))
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in data.dataset(500):
-            for name, value in terms_fn(batch["image"]).items():
-                sums[name] = sums.get(name, 0.0) + float(tf.reduce_sum(value))
-            count += int(batch["image"].shape[0])
-        out = {name: value / count for name, value in sums.items() if name != "loss"}
-        if "distortion" in out:
-            out["bits_per_dim"] = float(bits_per_dim(out["distortion"], self.spec.num_dims))
-        return {**out, "eval_examples": count}
+        terms = self.terms(data["image"], data["image"])
+        terms.pop("loss")
+        return terms
+
+    def summarize_scores(self, means: dict) -> dict:
+        if "distortion" in means:
+            means["bits_per_dim"] = float(bits_per_dim(means["distortion"], self.spec.num_dims))
+        return means
 
     # -- pictures and serving ------------------------------------------------------------
 
@@ -255,7 +240,10 @@ class Autoencoder(GenerativeModel):
         }
 
 
-def build(config: Config, spec, learning_rate: float) -> Autoencoder:
+def build(config: Config, spec, learning_rate: float | None = None) -> Autoencoder:
     model = Autoencoder(spec, config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(learning_rate=learning_rate)
     return model
+
+
+PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

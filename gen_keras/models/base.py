@@ -1,9 +1,23 @@
-"""What the training harness, summaries and export ask of every model family."""
+"""What the training harness, Keras `fit`, summaries and export ask of every model family.
+
+A family model is a `keras.Model` built from a `DataSpec` (what the images are) and its
+family's frozen `Config` dataclass. It declares its network, its objective
+(`train_step` / `test_step`, also run by plain `model.fit` / `model.evaluate`), a per-batch
+score for evaluation over a split (`score_batch`), pictures (`image_summaries`) and its
+serving signatures. Looping over splits, writing pictures, scoring samples and loading runs
+belong to the harness (`gen_keras.train`) and callbacks (`gen_keras.callbacks`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
+
+from gen_keras.config import check, from_dict
+from gen_keras.data import DataSpec
+from gen_keras.distributions import bits_per_dim
 
 
 def replica_mean(per_example) -> tf.Tensor:
@@ -17,34 +31,136 @@ def replica_mean(per_example) -> tf.Tensor:
     return tf.reduce_mean(per_example) / n
 
 
-class GenerativeModel(keras.Model):
-    """A keras.Model that the harness can train, summarise, checkpoint and export.
+def dummy_batch(spec: DataSpec, n: int = 2) -> dict:
+    """A batch of zeros {"image": [n, H, W, C], "label": [n]} that builds every layer."""
+    return {"image": tf.zeros([n, *spec.shape]), "label": tf.zeros([n], tf.int32)}
 
-    Batches are dicts {"image": float32 [B, H, W, C] in model space, "label": int32 [B],
-    "seed": int32 [2]}: the harness adds a fresh stateless seed per step and replica.
-    `train_step` / `test_step` return the trackers' results and must track "loss".
+
+class GenerativeModel(keras.Model):
+    """A keras.Model that `fit`, the harness, summaries, checkpoints and export all accept.
+
+    Batches are dicts {"image": float32 [B, H, W, C] in model space, "label": int32 [B]} and
+    optionally "seed": int32 [2]. The harness supplies a stateless seed per step and
+    replica (exact resume); without one (plain `model.fit`) a step draws its seed from the
+    model's `keras.random.SeedGenerator`, whose state is a model variable (checkpointed and
+    saved). `train_step` / `test_step` return the trackers' results and track "loss".
     """
 
     family = "base"
+    config_class: type = object  # the family's Config dataclass (set by every family)
+    learning_rate = 1e-3  # the default of `compile()`
 
-    def __init__(self, spec, config, **kwargs):
+    def __init__(self, spec, config, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
+        self.spec = DataSpec.from_json(spec) if isinstance(spec, dict) else spec
+        if isinstance(config, dict):
+            config = from_dict(self.config_class, config)
         self.config = config
+        self.seed = seed
+        check(
+            self.spec.num_classes > 0 or not getattr(config, "conditional", False),
+            "conditional=True needs class labels, and this dataset has none (num_classes=0): "
+            "train an unconditional model",
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+
+    # -- Keras serialization (.keras files) ------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "spec": self.spec.to_json(),
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def get_build_config(self):
+        return {"built": True}
+
+    def build_from_config(self, config):
+        if config.get("built"):
+            self.build_for_training(dummy_batch(self.spec), build_optimizers=False)
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        for optimizer, variables in self.optimizer_variables():
+            optimizer.build(variables)
+
+    # -- training --------------------------------------------------------------------------
+
+    def default_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
+        return keras.optimizers.Adam(learning_rate)
+
+    def compile(self, optimizer=None, *, learning_rate: float | None = None, **kwargs):
+        """Keras compile with the family's default optimizer (Adam) and learning rate."""
+        if optimizer is None:
+            optimizer = self.default_optimizer(learning_rate or self.learning_rate)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def step_seed(self, data) -> tf.Tensor:
+        """The batch's int32 [2] seed, or the next draw of the model's seed generator."""
+        if "seed" in data:
+            return tf.cast(data["seed"], tf.int32)
+        return tf.cast(self.seed_generator.next(), tf.int32)
+
+    def label_of(self, data, n: int | None = None):
+        """The batch's labels (its first n) for a conditional model, else None."""
+        if not getattr(self.config, "conditional", False):
+            return None
+        return data["label"] if n is None else data["label"][:n]
+
+    def labels_for(self, n: int):
+        """Class-balanced labels 0, 1, ... int32 [n] for a conditional model's pictures."""
+        if not getattr(self.config, "conditional", False):
+            return None
+        return tf.range(n, dtype=tf.int32) % self.spec.num_classes
+
+    def track(self, values: dict) -> dict:
+        """Updates the trackers named in values; returns every tracker's result."""
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: m.result() for name, m in self.trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
 
     def optimizer_variables(self):
         """(optimizer, variables) pairs to build before the first compiled step."""
         return [(self.optimizer, self.trainable_variables)]
 
-    def build_for_training(self, batch) -> None:
+    def build_for_training(self, batch, build_optimizers: bool = True) -> None:
         """Creates every layer and optimizer variable (so checkpoints can restore into them)."""
         batch = dict(batch, seed=tf.constant([0, 0], tf.int32))
         self.test_step(batch)
         self.built = True
         for metric in self.metrics:
             metric.reset_state()
-        for optimizer, variables in self.optimizer_variables():
-            optimizer.build(variables)
+        if build_optimizers:
+            for optimizer, variables in self.optimizer_variables():
+                optimizer.build(variables)
+
+    # -- evaluation, pictures, serving (looped and written by the harness/callbacks) --------
+
+    def score_batch(self, data, seed) -> dict:
+        """{name: float32 [B]} per-example figures of one eval batch; the harness averages
+        them over a split (e.g. exact NLL, an IWAE bound, accuracy). {} by default."""
+        del data, seed
+        return {}
+
+    def eval_bytes_per_example(self) -> int:
+        """Peak activation bytes of `score_batch` per example (0: small, any batch fits)."""
+        return 0
+
+    def summarize_scores(self, means: dict) -> dict:
+        """Means of `score_batch` over a split -> the reported figures (adds derived ones)."""
+        if "nll_nats" in means:
+            means["nll_bits_per_dim"] = float(bits_per_dim(means["nll_nats"], self.spec.num_dims))
+        return means
 
     def image_summaries(self, batch, seed) -> dict:
         """{name: float [N, H, W, C] in [0, 1]} pictures for TensorBoard; `samples` first."""
@@ -54,18 +170,6 @@ class GenerativeModel(keras.Model):
         """{signature name: tf.function with an input_signature}; the first is the default."""
         raise NotImplementedError
 
-    def epoch_metrics(self, data, seed) -> dict:
-        """Extra eval scalars after every epoch (e.g. FID on a subsample); {} by default.
-
-        Called inside the eval writer's default context, so a model may also write its own
-        summaries (text, histograms) there; the scalars join the epoch's eval metrics.
-        """
-        return {}
-
-    def final_metrics(self, data, seed) -> dict:
-        """Extra end-of-run evaluation on an eval ImageData (e.g. an IWAE bound)."""
-        return {}
-
     def to_unit(self, x):
         """Model-space images -> [0, 1] floats for pictures."""
         if self.spec.mode == "uint8":
@@ -73,3 +177,16 @@ class GenerativeModel(keras.Model):
         if self.spec.mode == "float_symmetric":
             return (x + 1.0) / 2.0
         return x
+
+
+class Functions:
+    """tf.functions a model keeps for pictures and sampling, out of sight of Keras tracking,
+    checkpoints and exports (a plain holder); one trace per name, not one per epoch."""
+
+    def __init__(self):
+        self._functions = {}
+
+    def get(self, name: str, fn, **kwargs):
+        if name not in self._functions:
+            self._functions[name] = tf.function(fn, **kwargs)
+        return self._functions[name]

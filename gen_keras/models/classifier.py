@@ -32,6 +32,7 @@ import tensorflow as tf
 from gen_keras import export, rng
 from gen_keras.config import check, check_choice, check_positive
 from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.networks import convnet_trunk, encoder_trunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,44 +106,17 @@ def random_shift(x, max_shift: int, seed):
     return tf.einsum("bij,bjkc,blk->bilc", rows, x, cols)
 
 
-def encoder_trunk(filters: int, latent_dim: int, name: str = "trunk") -> keras.Sequential:
-    """The conv encoder shared by autoencoder, VAE and classifier: [B,H,W,C] -> [B, latent].
-
-    Layer order (what `gen_keras.transfer` copies): conv_1, conv_2, flatten, code.
-    """
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.Conv2D(filters, 3, 2, "same", activation="relu", name="conv_1"),
-            layers.Conv2D(2 * filters, 3, 2, "same", activation="relu", name="conv_2"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(latent_dim, name="code"),
-        ],
-        name=name,
-    )
-
-
-def convnet_trunk(filters: int, name: str = "trunk") -> keras.Sequential:
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv_1"),
-            layers.MaxPooling2D(2, name="pool_1"),
-            layers.Conv2D(2 * filters, 3, padding="same", activation="relu", name="conv_2"),
-            layers.MaxPooling2D(2, name="pool_2"),
-            layers.Flatten(name="flatten"),
-        ],
-        name=name,
-    )
-
-
+@keras.saving.register_keras_serializable(package="gen_keras")
 class Classifier(GenerativeModel):
     """trunk -> feature layer -> logits; cross-entropy loss; accuracy tracked."""
 
     family = "classifier"
+    config_class = Config
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
+        spec, config = self.spec, self.config
+        check(spec.num_classes > 0, "a classifier needs class labels; this dataset has none")
         h, w, _ = spec.shape
         if config.arch == "encoder":
             check(
@@ -161,10 +135,6 @@ class Classifier(GenerativeModel):
         )
         self.logit_layer = keras.layers.Dense(spec.num_classes, name="logits")
         self.trackers = {name: keras.metrics.Mean(name) for name in ("loss", "accuracy")}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the network ---------------------------------------------------------------------
 
@@ -200,14 +170,12 @@ class Classifier(GenerativeModel):
     def _track(self, label, logits):
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label), tf.float32)
-        self.trackers["loss"].update_state(nll)
-        self.trackers["accuracy"].update_state(correct)
-        return {name: m.result() for name, m in self.trackers.items()}
+        return self.track({"loss": nll, "accuracy": correct})
 
     def train_step(self, data):
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            logits, _ = self._logits_and_features(data["image"], data["seed"])
+            logits, _ = self._logits_and_features(data["image"], self.step_seed(data))
             nll = tf.nn.sparse_softmax_cross_entropy_with_logits(data["label"], logits)
             loss = replica_mean(nll)
         grads = tape.gradient(loss, variables)
@@ -217,27 +185,19 @@ class Classifier(GenerativeModel):
     def test_step(self, data):
         return self._track(data["label"], self(data["image"]))
 
-    def final_metrics(self, data, seed) -> dict:
-        """Test accuracy, error count and cross-entropy (nats) over the whole eval split."""
+    def score_batch(self, data, seed) -> dict:
+        """Per image [B]: 1.0 where the most likely class is right; cross-entropy in nats."""
         del seed
-        logits_fn = tf.function(self.call)
-        correct = count = 0
-        nll_sum = 0.0
-        for batch in data.dataset(500):
-            logits = logits_fn(batch["image"])
-            label = batch["label"]
-            pred = tf.argmax(logits, -1, output_type=tf.int32)
-            correct += int(tf.reduce_sum(tf.cast(tf.equal(pred, label), tf.int32)))
-            nll_sum += float(
-                tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits))
-            )
-            count += int(label.shape[0])
+        logits, label = self(data["image"]), data["label"]
+        pred = tf.argmax(logits, -1, output_type=tf.int32)
         return {
-            "accuracy": correct / count,
-            "errors": count - correct,
-            "nll": nll_sum / count,
-            "eval_examples": count,
+            "accuracy": tf.cast(tf.equal(pred, label), tf.float32),
+            "nll": tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits),
         }
+
+    def summarize_scores(self, means: dict) -> dict:
+        means["errors"] = round((1.0 - means["accuracy"]) * means["eval_examples"])
+        return means
 
     # -- serving -------------------------------------------------------------------------
 
@@ -252,11 +212,12 @@ class Classifier(GenerativeModel):
         return {"classify": export.signature(classify, export.image_spec(spec))}
 
 
-def build(config: Config, spec, learning_rate: float) -> Classifier:
+def build(config: Config, spec, learning_rate: float | None = None) -> Classifier:
+    """The classifier, compiled; `config.init_from` is applied by the harness
+    (`gen_keras.transfer.warm_start`), which reads runs from disk."""
     model = Classifier(spec, config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    if config.init_from:
-        from gen_keras import transfer  # imports the harness, which imports the models
-
-        transfer.init_from_run(model, config.init_from)
+    model.compile(learning_rate=learning_rate)
     return model
+
+
+PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

@@ -28,11 +28,9 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from gen_keras import export, metrics, rng
+from gen_keras import export, rng
 from gen_keras.config import UsageError, check, check_choice, check_positive
 from gen_keras.models.base import GenerativeModel, replica_mean
 
@@ -139,13 +137,17 @@ def gradient_penalty(critic, real, fake, seed) -> tf.Tensor:
 # -- the networks -------------------------------------------------------------------------
 
 
+@keras.saving.register_keras_serializable(package="gen_keras")
 class GAN(GenerativeModel):
     """DCGAN generator and discriminator (or critic) in one keras.Model with two optimizers."""
 
     family = "gan"
+    config_class = Config
+    learning_rate = 2e-4  # Radford et al.
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
+        spec, config = self.spec, self.config
         h, w, c = spec.shape
         check(
             spec.mode in ("float_symmetric", "float"),
@@ -190,15 +192,21 @@ class GAN(GenerativeModel):
         if config.loss == "wgan_gp":
             names += ["gradient_penalty", "wasserstein"]
         self.trackers = {name: keras.metrics.Mean(name) for name in names}
-        self._quality = None  # a metrics.SampleQuality, built on first use (not tracked)
-        self._noted = False
-        self._sample_batch = None
 
-    def compile(self, d_optimizer, g_optimizer, **kwargs):
-        """Two players, two optimizers; `optimizer` stays None."""
-        super().compile(optimizer=None, **kwargs)
-        self.d_optimizer = d_optimizer
-        self.g_optimizer = g_optimizer
+    def compile(self, d_optimizer=None, g_optimizer=None, *, learning_rate=None, **kwargs):
+        """Two players, two optimizers (default: `adam_for` the loss at the family's
+        learning rate); Keras' single `optimizer` stays None."""
+        lr = learning_rate or self.learning_rate
+        kwargs.pop("optimizer", None)
+        keras.Model.compile(self, optimizer=None, **kwargs)  # not the one-optimizer default
+        self.d_optimizer = d_optimizer or adam_for(self.config.loss, lr)
+        self.g_optimizer = g_optimizer or adam_for(self.config.loss, lr)
+
+    def get_compile_config(self):
+        return {
+            "d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
+            "g_optimizer": keras.saving.serialize_keras_object(self.g_optimizer),
+        }
 
     def optimizer_variables(self):
         return [
@@ -212,10 +220,6 @@ class GAN(GenerativeModel):
         if self.config.conditional:
             variables += self.embed.trainable_variables
         return variables
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def generate(self, z, label=None, training=False):
         """z float32 [B, latent] (and label int32 [B]) -> model-space images [B, H, W, C]."""
@@ -268,8 +272,7 @@ class GAN(GenerativeModel):
             self.trackers[name].update_state(value)
 
     def _unpack(self, data):
-        label = data["label"] if self.config.conditional else None
-        return data["image"], label, data["seed"]
+        return data["image"], self.label_of(data), self.step_seed(data)
 
     def train_step(self, data):
         x, label, seed = self._unpack(data)
@@ -318,11 +321,6 @@ class GAN(GenerativeModel):
 
     # -- samples, quality and serving ------------------------------------------------------
 
-    def _labels_for(self, n):
-        if not self.config.conditional:
-            return None
-        return tf.range(n, dtype=tf.int32) % self.spec.num_classes
-
     def sample(self, seeds, label=None):
         """Per-row seeds int32 [N, 2] -> model-space images [N, H, W, C] (inference mode)."""
         return self.generate(rng.row_normal(seeds, [self.config.latent_dim]), label)
@@ -331,68 +329,7 @@ class GAN(GenerativeModel):
         """The same noise (the harness's fixed summary seed) every epoch: one picture of
         how training moved."""
         n = int(batch["image"].shape[0])
-        return {"samples": self.to_unit(self.sample(rng.row_seeds(seed, n), self._labels_for(n)))}
-
-    def sample_images(self, n: int, seed, batch: int = 500) -> np.ndarray:
-        """n samples as uint8 data-space images [n, H, W, C] (class-balanced if conditional)."""
-        if self._sample_batch is None:  # one trace per model; a plain holder, not tracked
-            self._sample_batch = _Holder(
-                tf.function(
-                    lambda s, y: self.spec.to_data(self.sample(s, y)), reduce_retracing=True
-                )
-            )
-        seeds = rng.row_seeds(seed, n)
-        labels = tf.range(n, dtype=tf.int32) % self.spec.num_classes  # unused if unconditional
-        label = (lambda i: labels[i : i + batch]) if self.config.conditional else (lambda i: None)
-        out = [
-            self._sample_batch.value(seeds[i : i + batch], label(i)).numpy()
-            for i in range(0, n, batch)
-        ]
-        return np.concatenate(out)
-
-    def _sample_quality(self, data):
-        """The classifier and the eval split's features, loaded once; None without one."""
-        if not self.config.classifier:
-            return None
-        if self._quality is None or self._quality.data is not data:
-            classifier = metrics.load_classifier(self.config.classifier)
-            reference = np.concatenate(
-                [self.spec.to_data(b["image"]).numpy() for b in data.dataset(500)]
-            )
-            self._quality = metrics.SampleQuality(classifier, reference, data=data)
-        return self._quality
-
-    def _quality_metrics(self, data, seed, n: int) -> dict:
-        quality = self._sample_quality(data)
-        if quality is None:
-            return {}
-        return quality.evaluate(self.sample_images(n, seed))
-
-    def epoch_metrics(self, data, seed) -> dict:
-        """FID, KID, classifier score and class coverage of `fid_samples` samples vs the eval
-        split, under the configured classifier's features; noted and skipped without one."""
-        if not self.config.classifier:
-            note = (
-                "FID/KID are off: no classifier was given (--classifier=<classifier export "
-                "or run dir>); no sample-quality figures were computed."
-            )
-            if not self._noted:
-                logging.warning(note)
-                self._noted = True
-            tf.summary.text("sample_quality", note)
-            return {}
-        values = self._quality_metrics(data, seed, self.config.fid_samples)
-        values = {k: v for k, v in values.items() if not k.startswith("class_fraction_")}
-        tf.summary.text(
-            "sample_quality",
-            f"FID/KID use the features of the classifier {self._quality.classifier.name} "
-            f"on {self.config.fid_samples} samples vs {len(self._quality.reference)} eval images",
-        )
-        return values
-
-    def final_metrics(self, data, seed) -> dict:
-        """The same figures on `final_samples` samples (nothing without a classifier)."""
-        return self._quality_metrics(data, seed, self.config.final_samples)
+        return {"samples": self.to_unit(self.sample(rng.row_seeds(seed, n), self.labels_for(n)))}
 
     def serving_functions(self) -> dict:
         spec, cond, d = self.spec, self.config.conditional, self.config.latent_dim
@@ -416,19 +353,9 @@ class GAN(GenerativeModel):
         }
 
 
-class _Holder:
-    """Keeps a value out of Keras and checkpoint tracking (a plain attribute holder)."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-def build(config: Config, spec, learning_rate: float) -> GAN:
+def build(config: Config, spec, learning_rate: float | None = None) -> GAN:
     model = GAN(spec, config)
-    model.compile(
-        d_optimizer=adam_for(config.loss, learning_rate),
-        g_optimizer=adam_for(config.loss, learning_rate),
-    )
+    model.compile(learning_rate=learning_rate)
     return model
 
 
@@ -442,3 +369,6 @@ def parameter_count(config: Config, shape, num_classes: int = 10) -> dict:
     if config.conditional:
         discriminator += num_classes * cells
     return {"generator": generator, "discriminator": discriminator}
+
+
+PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

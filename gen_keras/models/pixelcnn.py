@@ -35,14 +35,12 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng, sampling
 from gen_keras.config import check, check_choice, check_positive
-from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
+from gen_keras.distributions import LIKELIHOODS, make_head, resolve_likelihood
 from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock
-from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.autoregressive import AutoregressiveModel
 
 ARCHS = ("pixelcnn", "gated")
-LIKELIHOODS = ("auto", "bernoulli", "categorical", "logistic_mixture")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,29 +85,18 @@ def reproduce(arch: str = "pixelcnn") -> Config:
     return Config(arch="pixelcnn", hidden=8, layers=15, output_hidden=32)
 
 
-def likelihood_name(config: Config, spec) -> str:
-    return default_likelihood(spec.binary) if config.likelihood == "auto" else config.likelihood
-
-
-class PixelCNN(GenerativeModel):
+@keras.saving.register_keras_serializable(package="gen_keras")
+class PixelCNN(AutoregressiveModel):
     """Masked conv net -> per-pixel head parameters [B, H, W, head.num_params(C)]."""
 
     family = "pixelcnn"
+    config_class = Config
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
+        spec, config = self.spec, self.config
         c = spec.shape[-1]
-        name = likelihood_name(config, spec)
-        check(
-            spec.binary == (name == "bernoulli"),
-            f"likelihood={name!r} does not fit binarization={spec.mode!r}: use bernoulli for "
-            "binary data, categorical or logistic_mixture for uint8",
-        )
-        check(
-            spec.binary or spec.mode == "uint8",
-            f"PixelCNN models discrete pixels: binarization={spec.mode!r} must be a binary "
-            "mode or 'uint8'",
-        )
+        name = resolve_likelihood(config.likelihood, spec)
         self.head = make_head(name, config.num_mixtures)
         groups = 1 if self.head.joint_channels else c
         self.groups = groups
@@ -145,12 +132,6 @@ class PixelCNN(GenerativeModel):
             ]
         self.out_hidden = MaskedConv2D(config.output_hidden, 1, "B", groups, name="out_hidden")
         self.out_params = MaskedConv2D(self.head.num_params(c), 1, "B", groups, name="out")
-        self.trackers = {n: keras.metrics.Mean(n) for n in ("loss", "nll", "bits_per_dim")}
-        self._graphs = _Graphs()
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the network ---------------------------------------------------------------------
 
@@ -179,16 +160,10 @@ class PixelCNN(GenerativeModel):
             features += skip
         return features
 
-    def call(self, x, label=None):
+    def params(self, x, label=None):
         """x float32 [B, H, W, C] model space -> params [B, H, W, head.num_params(C)]."""
         features = self.features(x, label)
         return self.out_params(tf.nn.relu(self.out_hidden(tf.nn.relu(features))))
-
-    def log_prob(self, x, label=None):
-        """log p(x) in nats, float32 [B], for model-space images x [B, H, W, C]."""
-        return self.head.log_prob(self(x, label), x)
-
-    # -- sampling ------------------------------------------------------------------------
 
     def stepper(self, label=None):
         """The cached sampler's stepper (see gen_keras.sampling) for this network."""
@@ -196,167 +171,10 @@ class PixelCNN(GenerativeModel):
             return _PixelCNNStepper(self, label)
         return _GatedStepper(self, label)
 
-    @tf.autograph.experimental.do_not_convert  # explicit loops; autograph only slows tracing
-    def sample(self, seeds, label=None, cached=True):
-        """seeds int32 [B, 2] -> float32 [B, H, W, C] model-space samples."""
-        if cached:
-            return sampling.raster_sample(self.stepper(label), self.head, self.spec, seeds)
-        return sampling.sample(self, self.head, self.spec, seeds, label)
 
-    @tf.autograph.experimental.do_not_convert
-    def complete(self, images, known, seeds, label=None, cached=True):
-        """Fills images [B, H, W, C] (model space) where known [B, H, W, C] is 0."""
-        if cached:
-            stepper = self.stepper(label)
-            return sampling.raster_sample(stepper, self.head, self.spec, seeds, images, known)
-        return sampling.complete(self, self.head, self.spec, images, known, seeds, label)
-
-    # -- training ------------------------------------------------------------------------
-
-    def _unpack(self, data):
-        return data["image"], data["label"] if self.config.conditional else None
-
-    def _track(self, nll):
-        for name, value in (
-            ("loss", nll),
-            ("nll", nll),
-            ("bits_per_dim", bits_per_dim(nll, self.spec.num_dims)),
-        ):
-            self.trackers[name].update_state(value)
-        return {name: m.result() for name, m in self.trackers.items()}
-
-    def train_step(self, data):
-        x, label = self._unpack(data)
-        with tf.GradientTape() as tape:
-            nll = -self.log_prob(x, label)
-            loss = replica_mean(nll)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
-        return self._track(nll)
-
-    def test_step(self, data):
-        x, label = self._unpack(data)
-        return self._track(-self.log_prob(x, label))
-
-    def final_metrics(self, data, seed) -> dict:
-        """Exact test NLL in nats per image and bits/dim over the whole eval split."""
-        del seed
-        nll = tf.function(lambda x, label: -self.log_prob(x, label))
-        total, count = 0.0, 0
-        for batch in data.dataset(256):
-            label = batch["label"] if self.config.conditional else None
-            total += float(tf.reduce_sum(nll(batch["image"], label)))
-            count += int(batch["image"].shape[0])
-        mean = total / count
-        return {
-            "nll_nats": mean,
-            "nll_bits_per_dim": float(bits_per_dim(mean, self.spec.num_dims)),
-            "eval_examples": count,
-        }
-
-    # -- pictures and serving ------------------------------------------------------------
-
-    def _graph(self, name, fn):
-        """One tf.function per use, kept so pictures do not retrace every epoch."""
-        if name not in self._graphs.functions:
-            self._graphs.functions[name] = tf.function(fn)
-        return self._graphs.functions[name]
-
-    def _labels_for(self, n):
-        classes = self.spec.num_classes
-        return tf.range(n, dtype=tf.int32) % classes if self.config.conditional else None
-
-    def image_summaries(self, batch, seed) -> dict:
-        """Samples (cached sampler) and completions of the bottom half of eval images."""
-        n = int(batch["image"].shape[0])
-        seeds = rng.row_seeds(seed, n)
-        samples = self._graph("sample", self.sample)(seeds, self._labels_for(n))
-        x = batch["image"][: n // 2]
-        label = batch["label"][: n // 2] if self.config.conditional else None
-        known = top_half(tf.shape(x), self.spec.shape[0])
-        filled = self._graph("complete", self.complete)(x, known, seeds[: n // 2], label)
-        shown = tf.where(known > 0, x, 0.5 * self.spec.max_value)  # unknown half in grey
-        pairs = tf.stack([self.to_unit(shown), self.to_unit(filled)], 1)
-        return {
-            "samples": self.to_unit(samples),
-            "completions": tf.reshape(pairs, [-1, *self.spec.shape]),
-        }
-
-    def serving_functions(self) -> dict:
-        return autoregressive_serving_functions(self)
-
-
-def autoregressive_serving_functions(model) -> dict:
-    """sample, log_prob and complete signatures of an exact-likelihood raster-order model
-    (PixelCNN, PixelRNN): `model.sample/log_prob/complete` with validated inputs."""
-    spec, cond = model.spec, model.config.conditional
-
-    def label_for(label, n):
-        return export.check_label(label, spec.num_classes, n) if cond else None
-
-    def sample(seed, label=None):
-        seed = export.check_seed(seed)
-        x = model.sample(seed, label_for(label, tf.shape(seed)[0]))
-        return {"images": spec.to_data(x)}
-
-    def log_prob(images, label=None):
-        images = export.check_images(images, spec)
-        lp = model.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
-        return {"log_prob": lp, "bits_per_dim": bits_per_dim(-lp, spec.num_dims)}
-
-    def complete(images, mask, seed, label=None):
-        images = export.check_images(images, spec)
-        n = tf.shape(images)[0]
-        x = model.complete(
-            spec.to_model(images),
-            check_mask(mask, n),
-            export.check_seed(seed, n),
-            label_for(label, n),
-        )
-        return {"images": spec.to_data(x)}
-
-    images, seed = export.image_spec(spec), export.SEED_SPEC
-    mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
-    sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
-    return {
-        "sample": sig(sample, seed),
-        "log_prob": sig(log_prob, images),
-        "complete": sig(complete, images, mask, seed),
-    }
-
-
-def check_mask(mask, batch):
-    """Validates a completion mask uint8 [N, H, W, C] (1 = known, 0 = to sample)."""
-    checks = [
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(mask),
-            tf.constant(1, tf.uint8),
-            message="mask: values must be 1 (known pixel) or 0 (pixel to sample)",
-        ),
-        tf.debugging.assert_equal(
-            tf.shape(mask)[0], batch, message="mask: needs one row per row of images"
-        ),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.identity(mask)
-
-
-def top_half(shape, height: int) -> tf.Tensor:
-    """float32 mask of `shape` [B, H, W, C]: 1 on the rows above height // 2."""
-    rows = tf.cast(tf.range(height) < height // 2, tf.float32)
-    return tf.broadcast_to(rows[None, :, None, None], shape)
-
-
-class _Graphs:
-    """Holds a model's picture tf.functions out of sight of checkpoints and exports."""
-
-    def __init__(self):
-        self.functions = {}
-
-
-def build(config: Config, spec, learning_rate: float) -> PixelCNN:
+def build(config: Config, spec, learning_rate: float | None = None) -> PixelCNN:
     model = PixelCNN(spec, config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(learning_rate=learning_rate)
     return model
 
 
@@ -526,3 +344,6 @@ class _GatedStepper(_Stepper):
 
     def end_row(self, state, x, i):
         return state
+
+
+PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

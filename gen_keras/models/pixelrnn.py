@@ -32,13 +32,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import rng, sampling
 from gen_keras.config import check, check_choice, check_positive
-from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
+from gen_keras.distributions import make_head, resolve_likelihood
 from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.layers.recurrent import GATES, DiagonalBiLSTM, RowLSTM, lstm_cell
-from gen_keras.models.base import GenerativeModel, replica_mean
-from gen_keras.models.pixelcnn import autoregressive_serving_functions, top_half
+from gen_keras.models.autoregressive import AutoregressiveModel
 
 ARCHS = ("row_lstm", "diagonal_bilstm")
 FIRST_KERNEL = 7  # the 7 x 7 mask-A input convolution
@@ -79,10 +77,6 @@ def reproduce(arch: str = "diagonal_bilstm") -> Config:
     return Config(arch=arch, layers=7, hidden=16, output_hidden=64)
 
 
-def likelihood_name(config: Config, spec) -> str:
-    return default_likelihood(spec.binary) if config.likelihood == "auto" else config.likelihood
-
-
 def _put(buffer, index, value):
     """buffer [B, N, ...] with buffer[:, index] replaced by value [B, ...]."""
     hot = tf.equal(tf.range(buffer.shape[1]), index)
@@ -101,24 +95,18 @@ def _pointwise(layer: MaskedConv2D, x, matrix):
     return layer.from_columns(x, matrix) + layer.bias
 
 
-class PixelRNN(GenerativeModel):
+@keras.saving.register_keras_serializable(package="gen_keras")
+class PixelRNN(AutoregressiveModel):
     """An autoregressive image model: causal LSTM stack -> per-sub-pixel likelihood head."""
 
     family = "pixelrnn"
+    config_class = Config
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
-        h, w, c = spec.shape
-        name = likelihood_name(config, spec)
-        check(
-            spec.binary == (name == "bernoulli"),
-            f"likelihood={name!r} does not fit binarization={spec.mode!r}: use bernoulli for "
-            "binary data, categorical for uint8",
-        )
-        check(
-            spec.binary or spec.mode == "uint8",
-            f"pixelrnn needs binary or uint8 data, got binarization={spec.mode!r}",
-        )
+        spec, config = self.spec, self.config
+        c = spec.shape[-1]
+        name = resolve_likelihood(config.likelihood, spec)
         check(
             config.hidden % c == 0 and config.output_hidden % c == 0,
             f"hidden={config.hidden} and output_hidden={config.output_hidden} must be "
@@ -149,12 +137,6 @@ class PixelRNN(GenerativeModel):
             if config.conditional
             else None
         )
-        self.trackers = {n: keras.metrics.Mean(n) for n in ("loss", "bits_per_dim")}
-        self._pictures = _Pictures(self)
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the network ---------------------------------------------------------------------
 
@@ -184,100 +166,13 @@ class PixelRNN(GenerativeModel):
             features = features + residual(rnn(features, bias, **extra))
         return self._head_params(features)
 
-    def call(self, x, label=None):
-        return self.params(x, label)
-
-    def log_prob(self, x, label=None):
-        """log p(x) in nats, float32 [B], for model-space images x [B, H, W, C]."""
-        return self.head.log_prob(self.params(x, label), x)
-
-    # -- training ------------------------------------------------------------------------
-
-    def _label(self, data):
-        return data["label"] if self.config.conditional else None
-
-    def _track(self, nll):
-        self.trackers["loss"].update_state(nll)
-        self.trackers["bits_per_dim"].update_state(bits_per_dim(nll, self.spec.num_dims))
-        return {name: m.result() for name, m in self.trackers.items()}
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            nll = -self.log_prob(data["image"], self._label(data))
-            loss = replica_mean(nll)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
-        return self._track(nll)
-
-    def test_step(self, data):
-        return self._track(-self.log_prob(data["image"], self._label(data)))
-
-    def final_metrics(self, data, seed) -> dict:
-        """Exact test NLL in nats per image and bits/dim over the whole eval split."""
-        del seed
-        nll_fn = tf.function(lambda x, label: -self.log_prob(x, label))
-        total, count = 0.0, 0
-        for batch in data.dataset(256):
-            nll = nll_fn(batch["image"], self._label(batch))
-            total += float(tf.reduce_sum(nll))
-            count += int(nll.shape[0])
-        nats = total / count
-        return {
-            "nll_nats": nats,
-            "nll_bits_per_dim": float(bits_per_dim(nats, self.spec.num_dims)),
-            "eval_examples": count,
-        }
-
-    # -- sampling and serving -------------------------------------------------------------
-
-    def sample(self, seeds, label=None, cached: bool = True):
-        """seeds int32 [B, 2] -> float32 [B, H, W, C] model-space samples (raster order)."""
-        stepper = CachedStepper(self, label) if cached else self._reference(label)
-        return sampling.raster_sample(stepper, self.head, self.spec, seeds)
-
-    def complete(self, images, known, seeds, label=None, cached: bool = True):
-        """Samples the pixels of images [B, H, W, C] (model space) where known [.., C] is 0."""
-        stepper = CachedStepper(self, label) if cached else self._reference(label)
-        return sampling.raster_sample(stepper, self.head, self.spec, seeds, images, known)
-
-    def _reference(self, label):
-        return sampling.Reference(self.params, label)
-
-    def _labels_for(self, n):
-        return (
-            tf.range(n, dtype=tf.int32) % self.spec.num_classes if self.config.conditional else None
-        )
-
-    def image_summaries(self, batch, seed) -> dict:
-        """Samples, and completions of the bottom halves of eval images beside the originals."""
-        n = int(batch["image"].shape[0])
-        seeds = rng.row_seeds(seed, n)
-        samples = self._pictures.sample(seeds, self._labels_for(n))
-        x = batch["image"][: n // 2]
-        label = batch["label"][: n // 2] if self.config.conditional else None
-        known = top_half(tf.shape(x), self.spec.shape[0])
-        completed = self._pictures.complete(x, known, seeds[: n // 2], label)
-        pairs = tf.reshape(
-            tf.stack([self.to_unit(x), self.to_unit(completed)], 1), [-1, *self.spec.shape]
-        )
-        return {"samples": self.to_unit(samples), "completions": pairs}
-
-    def serving_functions(self) -> dict:
-        return autoregressive_serving_functions(self)
+    def stepper(self, label=None):
+        return CachedStepper(self, label)
 
 
-class _Pictures:
-    """The summary samplers as tf.functions, kept where checkpoints and exports ignore them
-    (a plain object: Keras and tf.Module do not track it)."""
-
-    def __init__(self, model):
-        self.sample = tf.function(model.sample)
-        self.complete = tf.function(model.complete)
-
-
-def build(config: Config, spec, learning_rate: float) -> PixelRNN:
+def build(config: Config, spec, learning_rate: float | None = None) -> PixelRNN:
     model = PixelRNN(spec, config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(learning_rate=learning_rate)
     return model
 
 
@@ -428,3 +323,6 @@ class CachedStepper:
         zeros = tf.zeros([tf.shape(inputs)[0], self.u])
         _, h = tf.scan(step, (time_major(pre), time_major(above)), (zeros, zeros))
         return tf.transpose(tf.reverse(h, [0]), [1, 0, 2])
+
+
+PRESETS = {"default": default, "small": small, "reproduce": reproduce}

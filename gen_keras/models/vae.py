@@ -23,8 +23,9 @@ import tensorflow_probability as tfp
 
 from gen_keras import export, rng
 from gen_keras.config import check, check_choice, check_positive
-from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
+from gen_keras.distributions import LIKELIHOODS, bits_per_dim, make_head, resolve_likelihood
 from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.networks import conv_decoder
 
 tfd = tfp.distributions
 
@@ -47,9 +48,7 @@ class Config:
 
     def __post_init__(self):
         check_choice("arch", self.arch, ("conv", "mlp"))
-        check_choice(
-            "likelihood", self.likelihood, ("auto", "bernoulli", "categorical", "logistic_mixture")
-        )
+        check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("kl", self.kl, ("analytic", "mc"))
         for name in (
             "latent_dim",
@@ -73,28 +72,18 @@ def reproduce() -> Config:
     return Config(arch="mlp", latent_dim=50, hidden=200, eval_k=5000, chunk=100)
 
 
-def likelihood_name(config: Config, spec) -> str:
-    return default_likelihood(spec.binary) if config.likelihood == "auto" else config.likelihood
-
-
+@keras.saving.register_keras_serializable(package="gen_keras")
 class VAE(GenerativeModel):
     """Encoder -> diagonal Gaussian posterior; decoder -> pixel likelihood head."""
 
     family = "vae"
+    config_class = Config
 
     def __init__(self, spec, config: Config, **kwargs):
         super().__init__(spec, config, **kwargs)
+        spec, config = self.spec, self.config
         h, w, c = spec.shape
-        name = likelihood_name(config, spec)
-        check(
-            spec.binary == (name == "bernoulli"),
-            f"likelihood={name!r} does not fit binarization={spec.mode!r}: use bernoulli for "
-            "binary data, categorical or logistic_mixture for uint8",
-        )
-        check(
-            name == "bernoulli" or spec.mode == "uint8",
-            f"likelihood={name!r} needs binarization='uint8' (got {spec.mode!r})",
-        )
+        name = resolve_likelihood(config.likelihood, spec)
         self.head = make_head(name, config.num_mixtures)
         params = self.head.num_params(c)
         hid = config.hidden
@@ -112,16 +101,7 @@ class VAE(GenerativeModel):
                 ],
                 name="encoder",
             )
-            self.decoder = keras.Sequential(
-                [
-                    layers.Dense(h // 4 * w // 4 * 2 * hid, activation="relu"),
-                    layers.Reshape((h // 4, w // 4, 2 * hid)),
-                    # Two 4x4 transposed convs, no 3x3 conv at full size: 4x faster on CPU.
-                    layers.Conv2DTranspose(hid, 4, 2, "same", activation="relu"),
-                    layers.Conv2DTranspose(params, 4, 2, "same"),
-                ],
-                name="decoder",
-            )
+            self.decoder = conv_decoder(spec.shape, hid, params)
         else:
             self.encoder = keras.Sequential(
                 [
@@ -145,10 +125,6 @@ class VAE(GenerativeModel):
             name: keras.metrics.Mean(name)
             for name in ("loss", "elbo", "distortion", "rate", "bits_per_dim")
         }
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     # -- the probabilistic model ---------------------------------------------------------
 
@@ -184,11 +160,13 @@ class VAE(GenerativeModel):
         q = self.posterior(x, label)
         z = q.sample(seed=seed)
         distortion = -self.head.log_prob(self.decode_params(z, label), x)
+        return distortion, self.rate(q, z)
+
+    def rate(self, q, z):
+        """KL(q(z|x) || p(z)) per example [B]: analytic, or the one-sample log q(z) - log p(z)."""
         if self.config.kl == "analytic":
-            rate = tfd.kl_divergence(q, self.prior())
-        else:
-            rate = q.log_prob(z) - self.prior().log_prob(z)
-        return distortion, rate
+            return tfd.kl_divergence(q, self.prior())
+        return q.log_prob(z) - self.prior().log_prob(z)
 
     def log_weights(self, x, label, q, eps):
         """log p(x, z) - log q(z|x) for z = mu + sigma * eps, eps [k, B, latent] -> [k, B]."""
@@ -234,8 +212,7 @@ class VAE(GenerativeModel):
     # -- training ------------------------------------------------------------------------
 
     def _unpack(self, data):
-        label = data["label"] if self.config.conditional else None
-        return data["image"], label, data["seed"]
+        return data["image"], self.label_of(data), self.step_seed(data)
 
     def _objective(self, x, label, seed):
         """Per-example (objective, elbo, distortion, rate); objective = ELBO or IWAE_k."""
@@ -253,15 +230,15 @@ class VAE(GenerativeModel):
 
     def _track(self, objective, elbo, distortion, rate):
         loss = -objective
-        for name, value in (
-            ("loss", loss),
-            ("elbo", elbo),
-            ("distortion", distortion),
-            ("rate", rate),
-            ("bits_per_dim", bits_per_dim(loss, self.spec.num_dims)),
-        ):
-            self.trackers[name].update_state(value)
-        return {name: m.result() for name, m in self.trackers.items()}
+        return self.track(
+            {
+                "loss": loss,
+                "elbo": elbo,
+                "distortion": distortion,
+                "rate": rate,
+                "bits_per_dim": bits_per_dim(loss, self.spec.num_dims),
+            }
+        )
 
     def train_step(self, data):
         x, label, seed = self._unpack(data)
@@ -278,48 +255,36 @@ class VAE(GenerativeModel):
         elbo = -(distortion + rate)
         return self._track(elbo, elbo, distortion, rate)
 
-    def final_metrics(self, data, seed) -> dict:
-        """Test ELBO and IWAE_{eval_k} in nats per image (and bits/dim), whole eval split."""
+    def eval_bytes_per_example(self) -> int:
+        """A chunk of importance samples decodes chunk x H x W x P floats per example; the
+        head's log-softmax and gradients-free temporaries take about 4 such tensors."""
+        h, w, c = self.spec.shape
+        chunk = min(self.config.chunk, self.config.eval_k)
+        return 4 * 4 * chunk * h * w * self.head.num_params(c)
+
+    def score_batch(self, data, seed) -> dict:
+        """Test ELBO and IWAE_{eval_k} per image [B] (nats); nll_nats = -IWAE, the tighter."""
+        x, label = data["image"], self.label_of(data)
+        distortion, rate = self.elbo_terms(x, label, seed)
         k = self.config.eval_k
-
-        @tf.function
-        def bounds(x, label, seed):
-            distortion, rate = self.elbo_terms(x, label, seed)
-            return -(distortion + rate), self.iwae(x, label, k, self._batch_noise(x, seed))
-
-        elbo_sum = iwae_sum = 0.0
-        count = 0
-        for i, batch in enumerate(data.dataset(256)):
-            label = batch["label"] if self.config.conditional else None
-            elbo, iwae = bounds(batch["image"], label, rng.fold_in(seed, i))
-            elbo_sum += float(tf.reduce_sum(elbo))
-            iwae_sum += float(tf.reduce_sum(iwae))
-            count += int(elbo.shape[0])
-        elbo, iwae = elbo_sum / count, iwae_sum / count
-        return {
-            "elbo": elbo,
-            f"iwae_{k}": iwae,
-            "nll_nats": -iwae,
-            "nll_bits_per_dim": float(bits_per_dim(-iwae, self.spec.num_dims)),
-            "eval_examples": count,
-        }
+        iwae = self.iwae(x, label, k, self._batch_noise(x, seed))
+        return {"elbo": -(distortion + rate), f"iwae_{k}": iwae, "nll_nats": -iwae}
 
     # -- pictures and serving ------------------------------------------------------------
-
-    def _labels_for(self, n):
-        return (
-            tf.range(n, dtype=tf.int32) % self.spec.num_classes if self.config.conditional else None
-        )
 
     def image_summaries(self, batch, seed) -> dict:
         n = int(batch["image"].shape[0])
         seeds = rng.row_seeds(seed, n)
-        samples = self.to_unit(self._sample(seeds, self._labels_for(n))["mean"])
+        samples = self.to_unit(self._sample(seeds, self.labels_for(n))["mean"])
         x = batch["image"][: n // 2]
-        label = batch["label"][: n // 2] if self.config.conditional else None
+        label = self.label_of(batch, n // 2)
         recon = self.to_unit(self(x, label))
         pairs = tf.reshape(tf.stack([self.to_unit(x), recon], 1), [-1, *self.spec.shape])
         return {"samples": samples, "reconstructions": pairs}
+
+    def sample(self, seeds, label=None):
+        """Per-row seeds int32 [N, 2] -> model-space samples [N, H, W, C]: z ~ p(z), x ~ p(x|z)."""
+        return self._sample(seeds, label)["sample"]
 
     def _sample(self, seeds, label):
         z = rng.row_normal(seeds, [self.config.latent_dim])
@@ -351,11 +316,7 @@ class VAE(GenerativeModel):
             q = self.posterior(x, label)
             z = q.mean() + q.stddev() * rng.row_normal(seed, [d])
             log_px = self.head.log_prob(self.decode_params(z, label), x)
-            if self.config.kl == "analytic":
-                rate = tfd.kl_divergence(q, self.prior())
-            else:
-                rate = q.log_prob(z) - self.prior().log_prob(z)
-            elbo = log_px - rate
+            elbo = log_px - self.rate(q, z)
             iwae = self.iwae(x, label, self.config.export_k, self._row_noise(seed))
             return {"elbo": elbo, "iwae": iwae}
 
@@ -393,7 +354,10 @@ class VAE(GenerativeModel):
         }
 
 
-def build(config: Config, spec, learning_rate: float) -> VAE:
+def build(config: Config, spec, learning_rate: float | None = None) -> VAE:
     model = VAE(spec, config)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(learning_rate=learning_rate)
     return model
+
+
+PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

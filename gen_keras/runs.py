@@ -1,0 +1,112 @@
+"""Loading what runs and exports left on disk: run records, restored models, classifiers for
+sample quality, samples of an export. Imports the model registry, no model module, and not
+the training harness, so models, transfer and the harness can all use it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from gen_keras import models
+from gen_keras.config import UsageError, check, from_dict
+from gen_keras.data import DataSpec
+from gen_keras.export import versions
+from gen_keras.metrics import Classifier
+from gen_keras.models.base import dummy_batch
+
+RUN_RECORD = "config.json"
+
+
+def read_record(model_dir: str) -> dict:
+    """The run record (family, model/data/train configs, data spec) of a run directory."""
+    path = os.path.join(model_dir, RUN_RECORD)
+    check(os.path.exists(path), f"model_dir={model_dir} has no {RUN_RECORD}: not a gen_keras run")
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_model(model_dir: str):
+    """Rebuilds a run's model from its record and restores its latest checkpoint.
+
+    Returns (model, step); needs no data, so a run can be exported anywhere.
+    """
+    record = read_record(model_dir)
+    family = models.get(record["family"])
+    spec = DataSpec.from_json(record["spec"])
+    model = family.build(from_dict(family.Config, record["model"]), spec)
+    model.build_for_training(dummy_batch(spec))
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    check(latest is not None, f"model_dir={model_dir} has no checkpoint to export")
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    return model, int(step.numpy())
+
+
+def latest_export(path: str) -> str | None:
+    """path itself if it is a SavedModel, else its highest integer version that is one."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    for v in reversed(versions(path)):
+        candidate = os.path.join(path, str(v))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    return None
+
+
+def load_classifier(path: str) -> Classifier:
+    """A Classifier from a classifier export (a version dir or its model root, latest
+    version) with a `classify(images) -> logits, features` signature, or from a classifier
+    training run directory (its latest checkpoint)."""
+    exported = latest_export(path)
+    if exported:
+        loaded = tf.saved_model.load(exported)
+        check(
+            "classify" in loaded.signatures,
+            f"classifier={path!r}: the export at {exported} has no 'classify' signature "
+            f"(it has {', '.join(loaded.signatures)}); give a classifier export",
+        )
+        sig = loaded.signatures["classify"]
+        fn = lambda images: sig(images=images)  # noqa: E731 - keeps `loaded` alive
+        fn.loaded = loaded
+        return Classifier(fn, os.path.abspath(exported))
+    if os.path.isfile(os.path.join(path, RUN_RECORD)):
+        model, step = restore_model(path)
+        check(
+            model.family == "classifier",
+            f"classifier={path!r} is a run of the {model.family!r} family, not a classifier",
+        )
+        classify = model.serving_functions()["classify"]
+        return Classifier(classify, f"{os.path.abspath(path)} (run, step {step})")
+    raise UsageError(
+        f"classifier={path!r} is neither a classifier export (<dir>/<version>/saved_model.pb) "
+        "nor a classifier run directory (config.json); train one with "
+        "`python -m trainers.classifier`"
+    )
+
+
+def sample_from_export(path: str, n: int, seed: int = 0, num_classes: int = 10, batch: int = 500):
+    """n samples, uint8 [n, H, W, C], from an export's `sample(seed[, label])` signature.
+
+    Row i uses the seed [seed, i]; conditional exports get class-balanced labels i % K.
+    """
+    exported = latest_export(path)
+    check(exported is not None, f"{path!r} holds no SavedModel (<dir>/<version>/saved_model.pb)")
+    loaded = tf.saved_model.load(exported)
+    check(
+        "sample" in loaded.signatures,
+        f"the export at {exported} has no 'sample' signature (a generative model's export)",
+    )
+    sig = loaded.signatures["sample"]
+    conditional = "label" in sig.structured_input_signature[1]
+    out = []
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(n, start + batch), dtype=np.int32)
+        inputs = {"seed": tf.constant(np.stack([np.full_like(rows, seed), rows], 1))}
+        if conditional:
+            inputs["label"] = tf.constant(rows % num_classes)
+        out.append(sig(**inputs)["images"].numpy())
+    return np.concatenate(out)
