@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+from gen_keras.config import check
 from gen_keras.pipeline import components
 from gen_keras.pipeline.metadata import Artifact, MetadataStore
 
@@ -84,11 +85,22 @@ def latest_pushed(store: MetadataStore, model_name: str) -> Artifact | None:
 
 
 def run_pipeline(
-    root: str, *, data: dict, trainer: dict, evaluator: dict, pusher: dict, use_cache: bool = True
+    root: str,
+    *,
+    data: dict,
+    trainer: dict,
+    evaluator: dict,
+    pusher: dict,
+    classifier: str | dict | None = None,
+    use_cache: bool = True,
 ) -> list[Step]:
-    """ExampleGen -> Trainer -> Evaluator -> Pusher; returns the four steps in order.
+    """ExampleGen -> Trainer -> Evaluator -> Pusher; returns the steps in execution order
+    (the Evaluator and the Pusher last).
 
-    data/trainer/evaluator/pusher are the components' execution properties.
+    data/trainer/evaluator/pusher are the components' execution properties. A family scored
+    on a classifier's features (the GAN's FID/KID) needs `classifier`: the path of a
+    classifier export or run directory (imported), or the Trainer properties of a
+    classifier to train first on the same Examples.
     """
     os.makedirs(root, exist_ok=True)
     store = MetadataStore(os.path.join(root, "metadata.sqlite"))
@@ -98,6 +110,24 @@ def run_pipeline(
         )
         gen = run("ExampleGen", components.example_gen, {}, data)
         examples = gen.outputs["examples"]
+        steps = [gen]
+        features = None
+        if trainer.get("custom_config", {}).get("family") in components.NEEDS_CLASSIFIER:
+            family = trainer["custom_config"]["family"]
+            check(
+                classifier is not None,
+                f"the {family} Evaluator scores FID/KID on a classifier's features: pass "
+                "--classifier=<classifier export or run dir>, or leave it empty to train one",
+            )
+            if isinstance(classifier, str):
+                step = run(
+                    "Importer", components.importer, {}, {"uri": classifier, "type": "Model"}
+                )
+                features = step.outputs["result"]
+            else:
+                step = run("Trainer", components.trainer, {"examples": examples}, classifier)
+                features = step.outputs["model"]
+            steps.append(step)
         trained = run("Trainer", components.trainer, {"examples": examples}, trainer)
         model = trained.outputs["model"]
         baseline = latest_pushed(store, pusher["model_name"])
@@ -106,7 +136,7 @@ def run_pipeline(
         evaluated = run(
             "Evaluator",
             components.evaluator,
-            {"examples": examples, "model": model, "baseline": baseline},
+            {"examples": examples, "model": model, "baseline": baseline, "classifier": features},
             evaluator,
         )
         pushed = run(
@@ -115,6 +145,6 @@ def run_pipeline(
             {"model": model, "blessing": evaluated.outputs["blessing"]},
             pusher,
         )
-        return [gen, trained, evaluated, pushed]
+        return [*steps, trained, evaluated, pushed]
     finally:
         store.close()
