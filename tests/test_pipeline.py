@@ -233,10 +233,11 @@ def test_the_whole_chain_on_mock_data_caches_and_records_lineage(mnist_dir, tmp_
     assert evaluation["elbo"] < 0 and evaluation["iwae"] < 0
 
 
-# -- every family through the pipeline: tiny presets, a few steps, the 100 eval images ------
+# -- every family through the pipeline: tiny presets, a few steps, 48 eval images ----------
 
 FEATURES = {  # the classifier Trainer of the GAN's Evaluator (and the classifier test's)
     "train_steps": 8,
+    "eval_steps": 1,
     "custom_config": {
         "family": "classifier",
         "preset": "small",
@@ -244,6 +245,9 @@ FEATURES = {  # the classifier Trainer of the GAN's Evaluator (and the classifie
         "train": {"batch_size": 32, "learning_rate": 3e-3},
     },
 }
+
+
+FAMILY_SLICES = {"train_split": "train[:160]", "eval_split": "test[:48]", "download": False}
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +259,7 @@ def family_root(tmp_path_factory):
 def _family(root, mnist_dir, tmp_path, trainer, evaluator=None, **kw):
     steps = runner.run_pipeline(
         root,
-        data={"dataset": "mnist", "data_dir": mnist_dir, **SLICES},
+        data={"dataset": "mnist", "data_dir": mnist_dir, **FAMILY_SLICES},
         trainer=trainer,
         evaluator=evaluator or {},
         pusher={
@@ -275,6 +279,7 @@ def _family(root, mnist_dir, tmp_path, trainer, evaluator=None, **kw):
 def _tiny(family, mode="binary_static", steps=3, **model):
     return {
         "train_steps": steps,
+        "eval_steps": 1,
         "custom_config": {
             "family": family,
             "preset": "small",
@@ -301,7 +306,7 @@ def test_pixelcnn_is_pushed_and_the_harness_evaluator_and_beam_nlls_agree(
         beam_inference.score(images, trained["model"].uri, out, mode="binary_static")
     with open(os.path.join(out, "summary.json")) as f:
         beam_summary = json.load(f)
-    assert harness["eval_examples"] == metrics["eval_examples"] == beam_summary["count"] == 100
+    assert harness["eval_examples"] == metrics["eval_examples"] == beam_summary["count"] == 48
     assert 100 < metrics["nll_nats"] < 600  # a barely trained model: above any good one
     assert harness["nll_nats"] == pytest.approx(metrics["nll_nats"], rel=1e-5)
     assert beam_summary["mean_nll_nats"] == pytest.approx(metrics["nll_nats"], rel=1e-5)
@@ -321,8 +326,8 @@ def test_pixelrnn_is_pushed_with_its_nll(family_root, mnist_dir, tmp_path):
 
 def test_classifier_is_pushed_and_thresholds_are_direction_aware(family_root, mnist_dir, tmp_path):
     steps, metrics = _family(family_root, mnist_dir, tmp_path, FEATURES)
-    assert metrics["eval_examples"] == 100 and 0.0 <= metrics["accuracy"] <= 1.0
-    assert metrics["errors"] == round(100 * (1 - metrics["accuracy"]))
+    assert metrics["eval_examples"] == 48 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["errors"] == round(48 * (1 - metrics["accuracy"]))
     inputs = {"examples": steps[0].outputs["examples"], "model": steps[-3].outputs["model"]}
     reasons = []
     for bound, blessed in ((metrics["accuracy"] + 0.01, False), (metrics["accuracy"], True)):
@@ -359,7 +364,7 @@ def test_gan_is_pushed_with_fid_and_kid_on_a_classifier_trained_first(
         "Pusher",
     ]
     assert metrics["classifier"] == steps[1].outputs["model"].uri
-    assert metrics["samples"] == 60 and metrics["eval_examples"] == 100
+    assert metrics["samples"] == 60 and metrics["eval_examples"] == 48
     assert metrics["fid"] > 0 and metrics["kid_stderr"] >= 0
 
 
@@ -379,6 +384,7 @@ def test_autoencoder_from_the_command_line_with_the_shared_flags(mnist_dir, tmp_
             "--epochs=2",
             "--steps_per_epoch=2",
             "--batch_size=16",
+            "--eval_steps=1",
             "--threshold=reconstruction_mse=0.9",
             f"--pipeline_root={tmp_path}/root",
             f"--export_dir={tmp_path}/saved_models",
