@@ -16,7 +16,7 @@ import dataclasses
 from absl import flags
 
 from gen_keras import models
-from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError, preset
+from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError
 from gen_keras.pipeline import runner
 from trainers import common
 
@@ -74,61 +74,20 @@ def main(argv):
     module = models.get(name)
     fields = common.family_fields(module, MODULES)
     data, train = configs(name)
-    train_fields = {
-        k: v
-        for k, v in dataclasses.asdict(train).items()
-        if k not in ("model_dir", "export_dir", "export", "eval_steps")
-    }
     classifier = fields.get("classifier") or None
-    if name == "gan" and classifier is None:  # train the Evaluator's feature network first
-        classifier_train = common.DEFAULTS["classifier"][0]
-        classifier = {
-            "custom_config": {
-                "family": "classifier",
-                "preset": "default",
-                "binarization": data.binarization,
-                "binarization_seed": data.binarization_seed,
-                "train": {
-                    "batch_size": classifier_train.batch_size,
-                    "learning_rate": classifier_train.learning_rate,
-                    "seed": train.seed,
-                    "epochs": 1,
-                },
-            },
-        }
-    model = dataclasses.replace(preset(module, FLAGS.config, **fields), **fields)
-    fid_samples = getattr(model, "final_samples", None)  # the GAN's end-of-run sample count
-    steps = runner.run_pipeline(
+    if name == "gan" and classifier is None:  # one pass of trainers.classifier's defaults
+        classifier = dataclasses.replace(
+            common.DEFAULTS["classifier"][0], epochs=1, steps_per_epoch=None, seed=train.seed
+        )
+    steps = runner.run_family(
         FLAGS.pipeline_root or f"pipelines/{name}",
-        data={
-            "dataset": data.dataset,
-            "data_dir": data.data_dir,
-            "manual_dir": data.manual_dir,
-            "download": data.download,
-            "train_split": data.train_split,
-            "eval_split": data.eval_split,
-        },
-        trainer={
-            "train_steps": (
-                train.epochs * train.steps_per_epoch if train.steps_per_epoch else None
-            ),
-            "eval_steps": train.eval_steps,
-            "custom_config": {
-                "family": name,
-                "preset": FLAGS.config,
-                "model": fields,
-                "binarization": data.binarization,
-                "binarization_seed": data.binarization_seed,
-                "train": train_fields,
-            },
-        },
-        evaluator={
-            "binarization_seed": data.binarization_seed,
-            "eval_examples": FLAGS.eval_examples or None,
-            "thresholds": _thresholds(),
-            **({"fid_samples": fid_samples} if fid_samples else {}),
-        },
-        pusher={"export_dir": train.export_dir, "model_name": name},
+        name,
+        data=data,
+        train=train,
+        preset=FLAGS.config,
+        model=fields,
+        eval_examples=FLAGS.eval_examples or None,
+        thresholds=_thresholds(),
         classifier=classifier,
         use_cache=FLAGS.cache,
     )

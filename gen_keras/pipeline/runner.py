@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 
-from gen_keras.config import check
+from gen_keras import models
+from gen_keras.config import DataConfig, TrainConfig, check
+from gen_keras.config import preset as preset_config
 from gen_keras.pipeline import components
 from gen_keras.pipeline.metadata import Artifact, MetadataStore
 
@@ -148,3 +150,82 @@ def run_pipeline(
         return [*steps, trained, evaluated, pushed]
     finally:
         store.close()
+
+
+def run_family(
+    root: str,
+    family: str,
+    *,
+    data: DataConfig,
+    train: TrainConfig,
+    preset: str = "small",
+    model: dict | None = None,
+    eval_examples: int | None = None,
+    thresholds: dict | None = None,
+    classifier: str | TrainConfig | None = None,
+    use_cache: bool = True,
+) -> list[Step]:
+    """The whole chain for one family from config values (what `trainers.pipeline` runs).
+
+    train: the Trainer's TrainConfig (epochs x steps_per_epoch steps, or epochs passes when
+    steps_per_epoch is None; its export_dir is the Pusher's; model_dir is the pipeline's).
+    model: Config fields over `preset`. classifier (a GAN's FID/KID features): a classifier
+    export or run directory, or the TrainConfig of a default-preset classifier trained on
+    the same Examples and binarization first.
+    """
+    fields = dict(model or {})
+    config = dataclasses.replace(preset_config(models.get(family), preset, **fields), **fields)
+    if isinstance(classifier, TrainConfig):
+        classifier = {
+            "train_steps": _steps(classifier),
+            "custom_config": {
+                "family": "classifier",
+                "preset": "default",
+                "binarization": data.binarization,
+                "binarization_seed": data.binarization_seed,
+                "train": _train_fields(classifier),
+            },
+        }
+    fid_samples = getattr(config, "final_samples", None)  # the GAN's end-of-run sample count
+    return run_pipeline(
+        root,
+        data={
+            "dataset": data.dataset,
+            "data_dir": data.data_dir,
+            "manual_dir": data.manual_dir,
+            "download": data.download,
+            "train_split": data.train_split,
+            "eval_split": data.eval_split,
+        },
+        trainer={
+            "train_steps": _steps(train),
+            "eval_steps": train.eval_steps,
+            "custom_config": {
+                "family": family,
+                "preset": preset,
+                "model": fields,
+                "binarization": data.binarization,
+                "binarization_seed": data.binarization_seed,
+                "train": _train_fields(train),
+            },
+        },
+        evaluator={
+            "binarization_seed": data.binarization_seed,
+            "eval_examples": eval_examples,
+            "thresholds": thresholds or {},
+            **({"fid_samples": fid_samples} if fid_samples else {}),
+        },
+        pusher={"export_dir": train.export_dir, "model_name": family},
+        classifier=classifier,
+        use_cache=use_cache,
+    )
+
+
+def _steps(train: TrainConfig) -> int | None:
+    return train.epochs * train.steps_per_epoch if train.steps_per_epoch else None
+
+
+def _train_fields(train: TrainConfig) -> dict:
+    """The TrainConfig fields a Trainer takes (the pipeline owns directories and export)."""
+    skip = ("model_dir", "export_dir", "export", "eval_steps")
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in skip}
