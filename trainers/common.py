@@ -1,4 +1,5 @@
-"""Flags shared by every trainer, and the run wrapper that turns errors into exit codes."""
+"""Trainer flags derived from config dataclasses (the shared DataConfig and TrainConfig, a
+family's Config), and the run wrapper that turns errors into exit codes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ DEFAULTS = {
     "pixelcnn": (TrainConfig(epochs=1, batch_size=64, model_dir="runs/pixelcnn"), DataConfig()),
     "pixelrnn": (TrainConfig(epochs=1, batch_size=32, model_dir="runs/pixelrnn"), DataConfig()),
 }
-SHARED = (DataConfig, TrainConfig)  # every trainer has a flag for each of their fields
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
 
 
@@ -41,7 +41,7 @@ def flag_kinds(cls) -> dict[str, tuple[type, tuple]]:
     hints = typing.get_type_hints(cls)
     out = {}
     for field in dataclasses.fields(cls):
-        kinds = [t for t in typing.get_args(hints[field.name]) or (hints[field.name],)]
+        kinds = typing.get_args(hints[field.name]) or (hints[field.name],)
         kinds = [t for t in kinds if t is not type(None)]
         if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
             raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {hints[field.name]}")
@@ -51,25 +51,24 @@ def flag_kinds(cls) -> dict[str, tuple[type, tuple]]:
     return out
 
 
-def define_config_flags(config, help_prefix: str = "") -> None:
+def define_config_flags(config) -> None:
     """One flag per field of a Config dataclass instance: its type, the instance's value as
     default, the field's help, DEFINE_enum for fields declared with choices."""
     kinds = flag_kinds(type(config))
     for field in dataclasses.fields(config):
         kind, choices = kinds[field.name]
-        default, help_text = getattr(config, field.name), help_prefix + field.metadata["help"]
+        default, help_text = getattr(config, field.name), field.metadata["help"]
         if choices:
             flags.DEFINE_enum(field.name, default, [str(c) for c in choices], help_text)
         else:
             _DEFINE.get(kind, flags.DEFINE_string)(field.name, default, help_text)
 
 
-def define_flags(family: str, train: TrainConfig | None = None) -> None:
-    """The shared flags (every DataConfig and TrainConfig field) with the family's defaults;
-    `train` replaces the family's TrainConfig defaults (e.g. the pipeline's schedule)."""
+def define_flags(family: str) -> None:
+    """The shared flags (every DataConfig and TrainConfig field) with the family's defaults."""
     family_train, family_data = DEFAULTS[family]
     define_config_flags(family_data)
-    define_config_flags(train or family_train)
+    define_config_flags(family_train)
 
 
 def define_model_flags(module, presets_help: str) -> None:
@@ -85,9 +84,9 @@ def define_union_model_flags(modules) -> None:
     default None (the preset's value), the union of the choices, each family's help."""
     fields: dict[str, tuple[type, list, list]] = {}
     for module in modules:
-        family = module.__name__.rsplit(".", 1)[-1]
+        family, kinds = module.__name__.rsplit(".", 1)[-1], flag_kinds(module.Config)
         for field in dataclasses.fields(module.Config):
-            kind, choices = flag_kinds(module.Config)[field.name]
+            kind, choices = kinds[field.name]
             known = fields.setdefault(field.name, (kind, [], []))
             if known[0] is not kind:
                 raise TypeError(f"{field.name} is a {known[0]} and a {kind} ({family})")
