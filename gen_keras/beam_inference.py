@@ -25,6 +25,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from gen_keras import export, scoring
+from gen_keras.config import DataConfig
 from gen_keras.data import EXAMPLE_FEATURES, to_example
 
 
@@ -53,13 +54,14 @@ def parse_example(record: bytes, shape) -> dict:
     return {"image": image.numpy(), "label": int(example["label"])}
 
 
-def _score_fn(mode: str, num_dims: int):
+def _score_fn(mode: str, num_dims: int, binarization_seed: int):
     def score(signature, batch):
         nats = -scoring.log_prob(
             signature,
             np.stack([b["image"] for b in batch]),
             mode,
             np.array([b["label"] for b in batch]),
+            binarization_seed,
         )
         return [
             {"nll_nats": float(v), "bits_per_dim": float(v) / (num_dims * math.log(2))}
@@ -125,15 +127,28 @@ def read_tfds(pipeline, builder, split: str):
     )
 
 
-def score(images, export_dir: str, out: str, *, mode: str, batch_size: int = 256):
+def score(
+    images,
+    export_dir: str,
+    out: str,
+    *,
+    mode: str,
+    batch_size: int = 256,
+    binarization_seed: int = DataConfig.binarization_seed,
+):
     """Scores a PCollection of {"image": uint8 [H, W, C], "label"} with the export's log_prob.
+
+    Binary modes binarize each image with `gen_keras.data.binarize(images,
+    binarization_seed)`, the draw the model was trained and evaluated on.
 
     Writes <out>/scores-*.jsonl (one row per image: key, label, nll_nats, bits_per_dim;
     key = scoring.image_keys) and <out>/summary.json; returns the PCollection of rows.
     """
     metadata = export.read_metadata(export_dir)
     num_dims = int(np.prod(metadata["spec"]["shape"]))
-    handler = SignatureHandler(export_dir, "log_prob", _score_fn(mode, num_dims), batch_size)
+    handler = SignatureHandler(
+        export_dir, "log_prob", _score_fn(mode, num_dims, binarization_seed), batch_size
+    )
     scored = (
         images
         | "Score" >> RunInference(handler)

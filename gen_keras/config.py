@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 DATA_MODES = (
@@ -37,44 +38,97 @@ def check_positive(name: str, value: float | int | None, allow_none: bool = Fals
     check(value is not None and value > 0, f"{name}={value!r} must be > 0")
 
 
+def hparam(default: Any, help: str, choices: tuple = ()) -> Any:
+    """A Config field declared once: default, help text and (enum-like) choices.
+
+    Trainers derive their absl flags from it (name, type, default, help; DEFINE_enum with
+    the choices), and `check_fields` validates the choices.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
+def check_fields(config) -> None:
+    """Raises UsageError for a field whose value is not one of its declared choices."""
+    for field in dataclasses.fields(config):
+        if field.metadata.get("choices"):
+            check_choice(field.name, getattr(config, field.name), field.metadata["choices"])
+
+
+PRESETS = ("default", "small", "reproduce")
+
+
+def preset(module, name: str, **given):
+    """A family module's preset Config: default (its `default()` or `Config()`), small (tests)
+    or reproduce (published sizes). A preset function with parameters (e.g.
+    `pixelcnn.reproduce(arch)`) gets the values of `given` with the same names."""
+    fn = getattr(module, "default", module.Config) if name == "default" else None
+    if name in PRESETS[1:]:
+        fn = getattr(module, name, None)
+    family = module.__name__.rsplit(".", 1)[-1]
+    known = [p for p in PRESETS if p == "default" or hasattr(module, p)]
+    check(fn is not None, f"config={name!r} is not a preset of {family} ({', '.join(known)})")
+    if fn is module.Config:
+        return fn()
+    params = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in given.items() if k in params})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which TFDS dataset to read, where from, and how to turn pixels into model inputs."""
 
-    dataset: str = "mnist"
-    binarization: str = "binary_static"
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    download: bool = True
-    train_split: str = "train"
-    eval_split: str = "test"
-    binarization_seed: int = 0  # the fixed seed of binary_static; not the training seed
+    dataset: str = hparam("mnist", "TFDS image dataset (mnist, fashion_mnist, ...).")
+    binarization: str = hparam("binary_static", "Data mode.", DATA_MODES)
+    data_dir: str | None = hparam(
+        None,
+        "TFDS data dir (default: TFDS_DATA_DIR, ../shared/tensorflow_datasets, "
+        "~/tensorflow_datasets).",
+    )
+    manual_dir: str | None = hparam(
+        None,
+        "Folder with the four MNIST-format IDX files (.gz or raw) to build the dataset "
+        "from, offline.",
+    )
+    download: bool = hparam(True, "Let TFDS download a dataset not found locally.")
+    train_split: str = hparam("train", "TFDS split to train on.")
+    eval_split: str = hparam("test", "TFDS split to evaluate on.")
+    binarization_seed: int = hparam(
+        0, "The fixed seed of the static binarization draw (not the training seed)."
+    )
 
     def __post_init__(self):
         check(bool(self.dataset), "dataset must be a TFDS dataset name, e.g. 'mnist'")
-        check_choice("binarization", self.binarization, DATA_MODES)
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How to train: batch, schedule, seeds, directories, XLA and distribution strategy."""
 
-    batch_size: int = 128
-    epochs: int = 10
-    steps_per_epoch: int | None = None  # None: one pass over the training split
-    eval_steps: int | None = None  # None: the whole eval split
-    learning_rate: float = 1e-3
-    seed: int = 0
-    model_dir: str = "runs/vae"
-    export_dir: str = "saved_models"
-    export: bool = True
-    jit_compile: str = "auto"
-    strategy: str = "default"
-    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    keep_checkpoints: int = 3
-    log_every_steps: int = 50
-    num_summary_images: int = 64
-    max_train_minutes: float | None = None  # stop training (then evaluate, export) after this
+    batch_size: int = hparam(128, "Global batch size.")
+    epochs: int = hparam(10, "Epochs to train (in total, also on resume).")
+    steps_per_epoch: int | None = hparam(
+        None, "Steps per epoch (default: one pass over the training split)."
+    )
+    eval_steps: int | None = hparam(None, "Eval batches (default: the whole eval split).")
+    learning_rate: float = hparam(1e-3, "Adam learning rate.")
+    seed: int = hparam(0, "Seed of shuffling and of every random draw.")
+    model_dir: str = hparam("runs/vae", "Checkpoints, TensorBoard logs, samples.")
+    export_dir: str = hparam("saved_models", "Export root (<dir>/<model>/<version>).")
+    export: bool = hparam(True, "Export a servable SavedModel at the end.")
+    jit_compile: str = hparam(
+        "auto", "XLA: auto is on for GPU/TPU, off on CPU (measured slower there).", JIT_CHOICES
+    )
+    strategy: str = hparam("default", "tf.distribute strategy.", STRATEGIES)
+    checkpoint_every_steps: int = hparam(
+        0, "Also checkpoint every N steps (0: only at the end of each epoch)."
+    )
+    keep_checkpoints: int = hparam(3, "Checkpoints kept on disk.")
+    log_every_steps: int = hparam(50, "Scalar summaries every N steps.")
+    num_summary_images: int = hparam(64, "Images in each TensorBoard picture grid.")
+    max_train_minutes: float | None = hparam(
+        None, "Stop training after this many minutes of this run, then evaluate and export."
+    )
 
     def __post_init__(self):
         check_positive("batch_size", self.batch_size)
@@ -90,8 +144,7 @@ class TrainConfig:
             f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0",
         )
         check(bool(self.model_dir), "model_dir must be a directory path")
-        check_choice("jit_compile", self.jit_compile, JIT_CHOICES)
-        check_choice("strategy", self.strategy, STRATEGIES)
+        check_fields(self)
 
 
 def from_dict(cls, fields: dict[str, Any]):

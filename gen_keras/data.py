@@ -21,7 +21,6 @@ import os
 import pathlib
 import re
 import socket
-import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -85,6 +84,41 @@ class DataSpec:
     @classmethod
     def from_json(cls, d: dict) -> DataSpec:
         return cls(tuple(d["shape"]), d["mode"], int(d["num_classes"]))
+
+
+def content_keys(images) -> tf.Tensor:
+    """int32 [N] in 0..2**31-1: a key per image from its pixels alone.
+
+    images: uint8 [N, H, W, C]. The key is 31 bits of the FarmHash64 fingerprint of the
+    image's bytes (`tf.fingerprint`, stable across platforms and releases), so it does not
+    depend on the image's position, split, batch, worker or the process scoring it.
+    """
+    images = tf.convert_to_tensor(images, tf.uint8)
+    fingerprint = tf.fingerprint(tf.reshape(images, [tf.shape(images)[0], -1]))  # uint8 [N, 8]
+    return tf.bitwise.bitwise_and(tf.bitcast(fingerprint[:, :4], tf.int32), 0x7FFFFFFF)
+
+
+def binarization_uniform(image, seed: int) -> tf.Tensor:
+    """float32 [H, W, C] uniforms of one uint8 image's static Bernoulli draw.
+
+    The one binarization of the library: the draw of an image is keyed by its content,
+    stateless seed [seed, content_keys(image)], so training, evaluation, the pipeline's
+    Evaluator, Beam scoring and served images all binarize an image the same way.
+    `pixels_to_model(image, mode, uniform)` turns it into {0, 1}.
+    """
+    image = tf.convert_to_tensor(image, tf.uint8)
+    key = content_keys(image[None])[0]
+    return tf.random.stateless_uniform(tf.shape(image), tf.stack([tf.constant(seed), key]))
+
+
+def binarize(images, seed: int = DataConfig.binarization_seed) -> tf.Tensor:
+    """uint8 images [N, H, W, C] (0..255) -> uint8 {0, 1}: each pixel ~ Bernoulli(pixel/255),
+    drawn by `binarization_uniform` (content-keyed, the same draw as the training data)."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    uniform = tf.map_fn(
+        lambda image: binarization_uniform(image, seed), images, fn_output_signature=tf.float32
+    )
+    return tf.cast(pixels_to_model(images, "binary_static", uniform), tf.uint8)
 
 
 def pixels_to_model(pixels: tf.Tensor, mode: str, uniform: tf.Tensor | None = None) -> tf.Tensor:
@@ -316,9 +350,8 @@ class ImageData:
         self.spec = DataSpec(tuple(int(s) for s in shape), config.binarization, num_classes)
         if self.num_examples == 0:
             raise UsageError(f"split {split!r} of {config.dataset!r} is empty")
-        self._raw = raw.enumerate()
+        self._raw = raw
         self._cached: tf.data.Dataset | None = None
-        self._split_tag = zlib.crc32(split.encode()) % (2**31)
 
     def _base(self) -> tf.data.Dataset:
         if self._cached is None:
@@ -332,21 +365,17 @@ class ImageData:
 
     def _preprocess(self, seed: int, epoch: int):
         mode, spec = self.spec.mode, self.spec
-        static_seed = tf.constant([self.config.binarization_seed, self._split_tag], tf.int32)
-        # Evaluation of a dynamic mode uses one fixed draw, so eval numbers are comparable.
+        # Evaluation of a dynamic mode uses the static draw, so eval numbers are comparable.
         dynamic = mode == "binary_dynamic" and self.training
         epoch_seed = tf.constant([seed % (2**31), epoch], tf.int32)
 
-        def fn(position, element):
-            index, example = element
+        def fn(position, example):
             uniform = None
-            if mode in ("binary_static", "binary_dynamic"):
-                key = (
-                    tf.random.experimental.stateless_fold_in(epoch_seed, position)
-                    if dynamic
-                    else tf.random.experimental.stateless_fold_in(static_seed, index)
-                )
+            if dynamic:
+                key = tf.random.experimental.stateless_fold_in(epoch_seed, position)
                 uniform = tf.random.stateless_uniform(spec.shape, seed=key)
+            elif mode in ("binary_static", "binary_dynamic"):
+                uniform = binarization_uniform(example["image"], self.config.binarization_seed)
             image = pixels_to_model(example["image"], mode, uniform)
             image = tf.ensure_shape(image, spec.shape)
             return {"image": image, "label": tf.cast(example["label"], tf.int32)}

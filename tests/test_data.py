@@ -77,6 +77,24 @@ def test_static_draw_is_the_same_every_epoch_and_dynamic_is_not(mnist_dir):
     assert not np.array_equal(by_index("binary_dynamic", 0), by_index("binary_dynamic", 1))
 
 
+def test_one_content_keyed_draw_for_training_eval_and_scoring(mnist_dir):
+    """An image is binarized the same way in any split, position or batch, by the training
+    pipeline, the eval pipeline and `data.binarize` (what scoring and Beam use)."""
+    cfg = small_data(mnist_dir, binarization="binary_static", binarization_seed=3)
+    evaluated = _images(ImageData(cfg, "test[:30]", training=False).dataset(7))
+    shifted = _images(ImageData(cfg, "test[10:40]", training=False).dataset(11))
+    np.testing.assert_array_equal(evaluated[10:], shifted[:20])
+    raw = ImageData(small_data(mnist_dir, binarization="uint8"), "test[:30]", training=False)
+    pixels = _images(raw.dataset(30)).astype(np.uint8)
+    np.testing.assert_array_equal(data_lib.binarize(pixels, 3).numpy(), evaluated)
+    np.testing.assert_array_equal(data_lib.binarize(pixels[5:9], 3).numpy(), evaluated[5:9])
+    assert not np.array_equal(data_lib.binarize(pixels, 4).numpy(), evaluated)  # seed matters
+    train_raw = ImageData(small_data(mnist_dir, binarization="uint8"), "test[:30]", True)
+    shuffled = _images(train_raw.dataset(10, seed=5, steps=3)).astype(np.uint8)
+    trained = _images(ImageData(cfg, "test[:30]", training=True).dataset(10, seed=5, steps=3))
+    np.testing.assert_array_equal(data_lib.binarize(shuffled, 3).numpy(), trained)
+
+
 def test_training_order_depends_on_seed_and_epoch_and_skip_resumes(mnist_dir):
     data = ImageData(small_data(mnist_dir, binarization="uint8"), "train[:128]", training=True)
     full = _images(data.dataset(16, seed=3, epoch=2, steps=8))

@@ -1,10 +1,16 @@
-"""Entry points: usage errors exit 2 with one line, offline data errors, IDX runs, --help."""
+"""Entry points: usage errors exit 2 with one line, offline data errors, IDX runs, --help;
+every trainer's flags derive from the Config dataclasses."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
 
+from gen_keras import models
+from gen_keras.config import DataConfig, TrainConfig
+from gen_keras.models import pixelcnn
 from tests.conftest import REPO
 
 
@@ -79,3 +85,51 @@ def test_help_lists_the_shared_and_model_flags():
         "--checkpoint_every_steps",
     ):
         assert flag in result.stdout
+
+
+# Imports every trainer in one process (each defines its flags on absl's global FLAGS, so
+# the next one starts after removing them) and prints {module: {flag: [type, choices]}},
+# plus the Config a preset with one given flag resolves to.
+_FLAG_SURVEY = """
+import dataclasses, importlib, json
+from absl import flags
+from trainers import common
+from gen_keras.models import pixelcnn
+FLAGS, out = flags.FLAGS, {}
+for name in ("vae", "autoencoder", "classifier", "gan", "pixelcnn", "pixelrnn", "pipeline"):
+    before = set(FLAGS)
+    importlib.import_module("trainers." + name)
+    out[name] = {
+        f: [type(FLAGS[f]).__name__, list(getattr(FLAGS[f].parser, "enum_values", []) or [])]
+        for f in set(FLAGS) - before
+    }
+    if name == "pixelcnn":
+        FLAGS(["pixelcnn", "--config=small", "--layers=3"])
+        out["preset"] = dataclasses.asdict(common.model_config(pixelcnn))
+        FLAGS.unparse_flags()
+    for f in set(FLAGS) - before:
+        delattr(FLAGS, f)
+print(json.dumps(out))
+"""
+
+
+def test_every_trainer_has_a_flag_per_config_field_and_the_shared_flags():
+    result = subprocess.run(
+        [sys.executable, "-c", _FLAG_SURVEY], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    survey = json.loads(result.stdout.strip().splitlines()[-1])
+    shared = [f for cls in (DataConfig, TrainConfig) for f in dataclasses.fields(cls)]
+    for trainer in (*models.FAMILIES, "pipeline"):
+        defined = survey[trainer]
+        families = models.FAMILIES if trainer == "pipeline" else (trainer,)
+        fields = [f for family in families for f in dataclasses.fields(models.get(family).Config)]
+        for field in shared + fields:
+            assert field.name in defined, (trainer, field.name)
+            choices = [str(c) for c in field.metadata["choices"]]
+            assert set(choices) <= set(defined[field.name][1]), (trainer, field.name)
+            assert (defined[field.name][0] == "EnumFlag") == bool(choices)
+        assert "config" in defined
+    # --config=small supplies the defaults; a flag given on the command line overrides
+    assert survey["preset"] == dataclasses.asdict(dataclasses.replace(pixelcnn.small(), layers=3))
+    assert survey["pixelcnn"]["arch"] == ["EnumFlag", list(pixelcnn.ARCHS)]

@@ -12,39 +12,22 @@ import tensorflow as tf
 from absl import flags
 
 from gen_keras import pictures, train
-from gen_keras.config import TrainConfig
 from gen_keras.data import ImageData
 from gen_keras.models import autoencoder
 from trainers import common
 
-common.define_flags(TrainConfig(epochs=5, batch_size=128, model_dir="runs/autoencoder"))
-flags.DEFINE_enum(
-    "config",
-    "default",
-    ["default", "small", "reproduce"],
+common.define_flags("autoencoder")
+common.define_model_flags(
+    autoencoder,
     "Preset: default, small (tests), reproduce (the denoising encoder of the features benchmark).",
 )
-flags.DEFINE_integer("latent_dim", 16, "Code (bottleneck) dimensions.")
-flags.DEFINE_integer("hidden", 32, "Filters of the first conv layer (the second has 2x).")
-flags.DEFINE_enum(
-    "loss",
-    "auto",
-    list(autoencoder.LOSSES),
-    "Reconstruction loss (auto: bernoulli for binary, categorical for uint8, mse for float).",
-)
-flags.DEFINE_enum(
-    "corruption", "none", list(autoencoder.CORRUPTIONS), "Input corruption (denoising)."
-)
-flags.DEFINE_float("noise_level", 0.25, "mask: drop probability; gaussian: noise stddev.")
 flags.DEFINE_bool("pictures", True, "Write latent pictures and projector data at the end.")
 FLAGS = flags.FLAGS
-PRESETS = {"default": autoencoder.Config, "small": autoencoder.small}
-PRESETS["reproduce"] = autoencoder.reproduce
 
 
 def main(argv):
     del argv
-    config, data = common.model_config(PRESETS[FLAGS.config]()), common.data_config()
+    config, data = common.model_config(autoencoder), common.data_config()
     cfg = common.train_config()
     result = train.fit("autoencoder", config, data, cfg, verbose=common.verbosity())
     common.report(result)

@@ -1,81 +1,131 @@
-"""Flags shared by every trainer, and the run wrapper that turns errors into exit codes."""
+"""Trainer flags derived from config dataclasses (the shared DataConfig and TrainConfig, a
+family's Config), and the run wrapper that turns errors into exit codes."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 
 from absl import app, flags, logging
 
-from gen_keras.config import (
-    DATA_MODES,
-    JIT_CHOICES,
-    STRATEGIES,
-    DataConfig,
-    TrainConfig,
-    UsageError,
-)
+from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError, preset
+from gen_keras.train import Preempted, TrainingError
 
 FLAGS = flags.FLAGS
 
 
-def define_flags(train: TrainConfig, data: DataConfig | None = None) -> None:
-    """Defines the shared flags with a family's defaults."""
-    data = data or DataConfig()
-    flags.DEFINE_string("dataset", data.dataset, "TFDS image dataset (mnist, fashion_mnist, ...).")
-    flags.DEFINE_string(
-        "data_dir",
-        data.data_dir,
-        "TFDS data dir (default: TFDS_DATA_DIR, "
-        "../shared/tensorflow_datasets, ~/tensorflow_datasets).",
-    )
-    flags.DEFINE_string(
-        "manual_dir",
-        data.manual_dir,
-        "Folder with the four MNIST-format IDX "
-        "files (.gz or raw) to build the dataset from, offline.",
-    )
-    flags.DEFINE_bool("download", data.download, "Let TFDS download a dataset not found locally.")
-    flags.DEFINE_enum("binarization", data.binarization, DATA_MODES, "Data mode.")
-    flags.DEFINE_string("train_split", data.train_split, "TFDS split to train on.")
-    flags.DEFINE_string("eval_split", data.eval_split, "TFDS split to evaluate on.")
-    flags.DEFINE_integer("batch_size", train.batch_size, "Global batch size.")
-    flags.DEFINE_integer("epochs", train.epochs, "Epochs to train (in total, also on resume).")
-    flags.DEFINE_integer(
-        "steps_per_epoch",
-        train.steps_per_epoch,
-        "Steps per epoch (default: one pass over the training split).",
-    )
-    flags.DEFINE_integer("eval_steps", train.eval_steps, "Eval batches (default: all).")
-    flags.DEFINE_float("learning_rate", train.learning_rate, "Adam learning rate.")
-    flags.DEFINE_integer("seed", train.seed, "Seed of shuffling and of every random draw.")
-    flags.DEFINE_string("model_dir", train.model_dir, "Checkpoints, TensorBoard logs, samples.")
-    flags.DEFINE_string("export_dir", train.export_dir, "Export root (<dir>/<model>/<version>).")
-    flags.DEFINE_bool("export", train.export, "Export a servable SavedModel at the end.")
-    flags.DEFINE_enum(
-        "jit_compile",
-        train.jit_compile,
-        JIT_CHOICES,
-        "XLA: auto is on for GPU/TPU, off on CPU (measured slower there).",
-    )
-    flags.DEFINE_enum("strategy", train.strategy, STRATEGIES, "tf.distribute strategy.")
-    flags.DEFINE_integer(
-        "checkpoint_every_steps",
-        train.checkpoint_every_steps,
-        "Also checkpoint every N steps (0: only at epoch ends).",
-    )
-    flags.DEFINE_integer(
-        "log_every_steps", train.log_every_steps, "Scalar summaries every N steps."
-    )
-    flags.DEFINE_float(
-        "max_train_minutes",
-        train.max_train_minutes,
-        "Stop training after this many minutes of this run, then evaluate and export.",
-    )
+# Per-family defaults of the shared flags: what `python -m trainers.<family>` trains with.
+DEFAULTS = {
+    "vae": (TrainConfig(epochs=12, batch_size=128, model_dir="runs/vae"), DataConfig()),
+    "autoencoder": (
+        TrainConfig(epochs=5, batch_size=128, model_dir="runs/autoencoder"),
+        DataConfig(),
+    ),
+    "classifier": (
+        TrainConfig(epochs=6, batch_size=128, model_dir="runs/classifier"),
+        DataConfig(binarization="float"),
+    ),
+    "gan": (
+        TrainConfig(epochs=5, batch_size=64, learning_rate=2e-4, model_dir="runs/gan"),
+        DataConfig(binarization="float_symmetric"),
+    ),
+    "pixelcnn": (TrainConfig(epochs=1, batch_size=64, model_dir="runs/pixelcnn"), DataConfig()),
+    "pixelrnn": (TrainConfig(epochs=1, batch_size=32, model_dir="runs/pixelrnn"), DataConfig()),
+}
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+
+
+def flag_kinds(cls) -> dict[str, tuple[type, tuple]]:
+    """{field: (flag type, choices)} of a Config dataclass; `T | None` fields are type T."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for field in dataclasses.fields(cls):
+        kinds = typing.get_args(hints[field.name]) or (hints[field.name],)
+        kinds = [t for t in kinds if t is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
+            raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {hints[field.name]}")
+        if not field.metadata.get("help"):
+            raise TypeError(f"{cls.__name__}.{field.name} has no help: declare it with hparam()")
+        out[field.name] = (kinds[0], field.metadata.get("choices", ()))
+    return out
+
+
+def define_config_flags(config) -> None:
+    """One flag per field of a Config dataclass instance: its type, the instance's value as
+    default, the field's help, DEFINE_enum for fields declared with choices."""
+    kinds = flag_kinds(type(config))
+    for field in dataclasses.fields(config):
+        kind, choices = kinds[field.name]
+        default, help_text = getattr(config, field.name), field.metadata["help"]
+        if choices:
+            flags.DEFINE_enum(field.name, default, [str(c) for c in choices], help_text)
+        else:
+            _DEFINE.get(kind, flags.DEFINE_string)(field.name, default, help_text)
+
+
+def define_flags(family: str) -> None:
+    """The shared flags (every DataConfig and TrainConfig field) with the family's defaults."""
+    family_train, family_data = DEFAULTS[family]
+    define_config_flags(family_data)
+    define_config_flags(family_train)
+
+
+def define_model_flags(module, presets_help: str) -> None:
+    """--config (the module's presets) and one flag per field of its Config; the flags'
+    defaults are Config()'s, and a preset's values win over every flag not given."""
+    presets = [p for p in PRESETS if p == "default" or hasattr(module, p)]
+    flags.DEFINE_enum("config", "default", presets, presets_help)
+    define_config_flags(module.Config())
+
+
+def define_union_model_flags(modules) -> None:
+    """One flag per field name of the modules' Configs (for a trainer of several families):
+    default None (the preset's value), the union of the choices, each family's help."""
+    fields: dict[str, tuple[type, list, list]] = {}
+    for module in modules:
+        family, kinds = module.__name__.rsplit(".", 1)[-1], flag_kinds(module.Config)
+        for field in dataclasses.fields(module.Config):
+            kind, choices = kinds[field.name]
+            known = fields.setdefault(field.name, (kind, [], []))
+            if known[0] is not kind:
+                raise TypeError(f"{field.name} is a {known[0]} and a {kind} ({family})")
+            known[1].extend(c for c in map(str, choices) if c not in known[1])
+            known[2].append(f"{family}: {field.metadata['help']}")
+    for name, (kind, choices, helps) in fields.items():
+        help_text = " | ".join(helps)
+        if choices:
+            flags.DEFINE_enum(name, None, choices, help_text)
+        else:
+            _DEFINE.get(kind, flags.DEFINE_string)(name, None, help_text)
+
+
+def family_fields(module, modules) -> dict:
+    """The given model flags for the family `module`; a given flag that is a field of
+    another family's Config only is a UsageError."""
+    mine = {f.name for f in dataclasses.fields(module.Config)}
+    family = module.__name__.rsplit(".", 1)[-1]
+    for other in modules:
+        for field in dataclasses.fields(other.Config):
+            if field.name not in mine and FLAGS[field.name].present:
+                raise UsageError(
+                    f"--{field.name} is not a {family} hyperparameter (its fields: "
+                    f"{', '.join(sorted(mine))})"
+                )
+    return given(module.Config)
 
 
 def _values(cls) -> dict:
     return {f.name: FLAGS[f.name].value for f in dataclasses.fields(cls) if f.name in FLAGS}
+
+
+def given(cls) -> dict:
+    """{field: flag value} of cls's fields whose flags were given on the command line."""
+    return {
+        f.name: FLAGS[f.name].value
+        for f in dataclasses.fields(cls)
+        if f.name in FLAGS and FLAGS[f.name].present
+    }
 
 
 def data_config() -> DataConfig:
@@ -86,14 +136,10 @@ def train_config() -> TrainConfig:
     return TrainConfig(**_values(TrainConfig))
 
 
-def model_config(base):
-    """base (a preset Config) with the fields whose flags were given on the command line."""
-    given = {
-        f.name: FLAGS[f.name].value
-        for f in dataclasses.fields(base)
-        if f.name in FLAGS and FLAGS[f.name].present
-    }
-    return dataclasses.replace(base, **given)
+def model_config(module):
+    """The --config preset of a family module with the fields whose flags were given."""
+    fields = given(module.Config)
+    return dataclasses.replace(preset(module, FLAGS.config, **fields), **fields)
 
 
 def _parse(argv):
@@ -106,7 +152,6 @@ def _parse(argv):
 
 def run(main) -> None:
     """app.run(main) where bad flags or configs exit 2, training failures exit 1, one line each."""
-    from gen_keras.train import Preempted, TrainingError
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)

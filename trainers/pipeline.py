@@ -1,67 +1,94 @@
 """Runs ExampleGen -> Trainer -> Evaluator -> Pusher: `python -m trainers.pipeline --model=vae`.
 
-A second run with the same inputs reuses every cached artifact; a model that is worse than
-the one serving is not pushed, and the output says why.
+Every family: the Evaluator scores NLL (likelihood models; IWAE/ELBO for the VAE),
+accuracy (classifier), reconstruction error (autoencoder) or FID/KID on a classifier's
+features (GAN: --classifier=<export or run dir>, or without it the pipeline trains one on
+the same Examples first). A second run with the same inputs reuses every cached artifact;
+a model that is worse than the one serving is not pushed, and the output says why.
+
+Flags: the shared ones (`trainers.common`; those not given take `trainers.<model>`'s
+defaults, except the schedule: --epochs=1 --steps_per_epoch=500) and the model fields of
+every family (those given must be fields of --model's Config; the rest come from --config).
 """
+
+import dataclasses
 
 from absl import flags
 
 from gen_keras import models
-from gen_keras.config import DATA_MODES
+from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError
 from gen_keras.pipeline import runner
 from trainers import common
 
+MODULES = [models.get(name) for name in models.FAMILIES]
+SCHEDULE = TrainConfig(epochs=1, steps_per_epoch=500)
+common.define_config_flags(DataConfig())
+common.define_config_flags(SCHEDULE)
+common.define_union_model_flags(MODULES)
 flags.DEFINE_enum("model", "vae", list(models.FAMILIES), "Model family.")
-flags.DEFINE_enum(
-    "preset",
-    "small",
-    ["small", "Config", "reproduce"],
-    "Model preset (Config: the trainer's default).",
-)
+flags.DEFINE_enum("config", "small", list(PRESETS), "Model preset (default: the trainer's).")
 flags.DEFINE_string("pipeline_root", None, "Artifacts and metadata (default pipelines/<model>).")
-flags.DEFINE_string("export_dir", "saved_models", "Where the Pusher pushes.")
-flags.DEFINE_string("dataset", "mnist", "TFDS dataset for ExampleGen.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir.")
-flags.DEFINE_string("manual_dir", None, "MNIST-format IDX files.")
-flags.DEFINE_string("train_split", "train", "TFDS split for Split-train.")
-flags.DEFINE_string("eval_split", "test", "TFDS split for Split-eval.")
-flags.DEFINE_enum("binarization", "binary_static", DATA_MODES, "Data mode.")
-flags.DEFINE_integer("train_steps", 500, "Trainer steps.")
-flags.DEFINE_integer("batch_size", 64, "Trainer batch size.")
-flags.DEFINE_float("learning_rate", 1e-3, "Trainer learning rate.")
 flags.DEFINE_integer("eval_examples", 2000, "Eval examples for the Evaluator (0: all).")
-flags.DEFINE_float("max_nll_nats", None, "Bless only below this test NLL (nats per image).")
+flags.DEFINE_multi_string(
+    "threshold",
+    [],
+    "metric=bound: bless only if the metric is no worse than bound (an upper bound for "
+    "nll_nats, fid, reconstruction_mse, ...; a lower bound for accuracy, elbo, iwae). "
+    "Repeatable.",
+)
 flags.DEFINE_bool("cache", True, "Reuse outputs of executions whose inputs did not change.")
 FLAGS = flags.FLAGS
+
+
+def _thresholds() -> dict:
+    out = {}
+    for item in FLAGS.threshold:
+        name, _, bound = item.partition("=")
+        try:
+            out[name] = float(bound)
+        except ValueError:
+            raise UsageError(
+                f"--threshold={item!r}: give metric=number, e.g. nll_nats=90"
+            ) from None
+    return out
+
+
+def configs(name: str) -> tuple[DataConfig, TrainConfig]:
+    """The family's shared defaults, the pipeline's schedule, and the flags given."""
+    for flag in ("model_dir", "export"):
+        if FLAGS[flag].present:
+            raise UsageError(
+                f"--{flag} does not apply to trainers.pipeline: runs live under "
+                "--pipeline_root and the Pusher exports a blessed model to --export_dir"
+            )
+    family_train, family_data = common.DEFAULTS[name]
+    data = dataclasses.replace(family_data, **common.given(DataConfig))
+    schedule = {"epochs": SCHEDULE.epochs, "steps_per_epoch": SCHEDULE.steps_per_epoch}
+    train = dataclasses.replace(family_train, **{**schedule, **common.given(TrainConfig)})
+    return data, train
 
 
 def main(argv):
     del argv
     name = FLAGS.model
-    steps = runner.run_pipeline(
+    module = models.get(name)
+    fields = common.family_fields(module, MODULES)
+    data, train = configs(name)
+    classifier = fields.get("classifier") or None
+    if name == "gan" and classifier is None:  # one pass of trainers.classifier's defaults
+        classifier = dataclasses.replace(
+            common.DEFAULTS["classifier"][0], epochs=1, steps_per_epoch=None, seed=train.seed
+        )
+    steps = runner.run_family(
         FLAGS.pipeline_root or f"pipelines/{name}",
-        data={
-            "dataset": FLAGS.dataset,
-            "data_dir": FLAGS.data_dir,
-            "manual_dir": FLAGS.manual_dir,
-            "train_split": FLAGS.train_split,
-            "eval_split": FLAGS.eval_split,
-        },
-        trainer={
-            "train_steps": FLAGS.train_steps,
-            "custom_config": {
-                "family": name,
-                "preset": FLAGS.preset,
-                "binarization": FLAGS.binarization,
-                "train": {"batch_size": FLAGS.batch_size, "learning_rate": FLAGS.learning_rate},
-            },
-        },
-        evaluator={
-            "binarization": FLAGS.binarization,
-            "eval_examples": FLAGS.eval_examples or None,
-            "thresholds": {} if FLAGS.max_nll_nats is None else {"nll_nats": FLAGS.max_nll_nats},
-        },
-        pusher={"export_dir": FLAGS.export_dir, "model_name": name},
+        name,
+        data=data,
+        train=train,
+        preset=FLAGS.config,
+        model=fields,
+        eval_examples=FLAGS.eval_examples or None,
+        thresholds=_thresholds(),
+        classifier=classifier,
         use_cache=FLAGS.cache,
     )
     for step in steps:
@@ -70,9 +97,9 @@ def main(argv):
             f"{step.component:10s} execution {step.execution_id}"
             f"{' (cached)' if step.cached else ''}: {shown}"
         )
-    blessing = steps[2].outputs["blessing"].properties
-    pushed = steps[3].outputs["pushed_model"].properties
-    print(f"evaluation: {steps[2].outputs['evaluation'].properties}")
+    evaluated, pushed = steps[-2].outputs, steps[-1].outputs["pushed_model"].properties
+    blessing = evaluated["blessing"].properties
+    print(f"evaluation: {evaluated['evaluation'].properties}")
     print(f"blessed: {blessing['blessed']} ({blessing['reason']})")
     print(
         f"pushed: version {pushed['version']}"

@@ -1,4 +1,4 @@
-"""Model families by name: each module has `Config`, `PRESETS` and `build(config, spec, lr)`.
+"""Model families by name: each module has `Config`, presets and `build(config, spec, lr)`.
 
 model = models.build("pixelcnn", config="small", spec=data.load(...).spec)
 model.fit(...)   # compiled with the family's default optimizer(s) and learning rate
@@ -6,7 +6,7 @@ model.fit(...)   # compiled with the family's default optimizer(s) and learning 
 
 from __future__ import annotations
 
-from gen_keras.config import UsageError
+from gen_keras.config import UsageError, preset
 
 # Every family is imported here, so its model class is registered for keras.models.load_model.
 from gen_keras.models import autoencoder, classifier, gan, pixelcnn, pixelrnn, vae
@@ -34,13 +34,7 @@ def config_for(family: str, config=None):
     """A family's Config from a preset name (None: "default") or a Config (returned as is)."""
     module = get(family)
     if config is None or isinstance(config, str):
-        name = config or "default"
-        if name not in module.PRESETS:
-            raise UsageError(
-                f"config={name!r} is not a preset of {family} "
-                f"({', '.join(module.PRESETS)}); or pass a {family}.Config"
-            )
-        return module.PRESETS[name]()
+        return preset(module, config or "default")
     if not isinstance(config, module.Config):
         raise UsageError(
             f"config must be a preset name or a gen_keras.models.{family}.Config, "

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from gen_keras import export
-from gen_keras.config import check, check_choice, check_positive
+from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import bits_per_dim, make_head
 from gen_keras.models.base import GenerativeModel, replica_mean
 from gen_keras.models.networks import conv_decoder, encoder_trunk
@@ -37,17 +37,22 @@ CORRUPTIONS = ("none", "mask", "gaussian")
 class Config:
     """Autoencoder architecture, reconstruction loss and input corruption."""
 
-    latent_dim: int = 16
-    hidden: int = 32  # filters of the first conv (the second has 2x), as in the VAE
-    loss: str = "auto"  # auto: bernoulli for binary, categorical for uint8, mse for float data
-    corruption: str = "none"  # none, mask or gaussian (a denoising autoencoder)
-    noise_level: float = 0.25  # mask: drop probability; gaussian: stddev in [0, 1] units
+    latent_dim: int = hparam(16, "Code (bottleneck) dimensions.")
+    hidden: int = hparam(32, "Filters of the first conv (the second has 2x), as in the VAE.")
+    loss: str = hparam(
+        "auto",
+        "Reconstruction loss (auto: bernoulli for binary, categorical for uint8, mse for float).",
+        LOSSES,
+    )
+    corruption: str = hparam("none", "Input corruption (a denoising autoencoder).", CORRUPTIONS)
+    noise_level: float = hparam(
+        0.25, "mask: drop probability; gaussian: noise stddev in [0, 1] units."
+    )
 
     def __post_init__(self):
         check_positive("latent_dim", self.latent_dim)
         check_positive("hidden", self.hidden)
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("corruption", self.corruption, CORRUPTIONS)
+        check_fields(self)
         check(
             self.corruption == "none" or self.noise_level > 0,
             f"corruption={self.corruption!r} needs noise_level > 0 (got {self.noise_level})",
@@ -244,6 +249,3 @@ def build(config: Config, spec, learning_rate: float | None = None) -> Autoencod
     model = Autoencoder(spec, config)
     model.compile(learning_rate=learning_rate)
     return model
-
-
-PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

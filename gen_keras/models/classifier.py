@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from gen_keras import export, rng
-from gen_keras.config import check, check_choice, check_positive
+from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.models.base import GenerativeModel, replica_mean
 from gen_keras.models.networks import convnet_trunk, encoder_trunk
 
@@ -39,17 +39,23 @@ from gen_keras.models.networks import convnet_trunk, encoder_trunk
 class Config:
     """Classifier architecture and its initialisation."""
 
-    arch: str = "convnet"  # convnet (pooling, the FID net) or encoder (the AE/VAE encoder)
-    filters: int = 32  # channels of the first conv; the second has 2x
-    latent_dim: int = 16  # arch=encoder: units of the linear code layer (the encoder's z)
-    features: int = 128  # units of the ReLU feature layer; 0: logits directly on the trunk
-    dropout: float = 0.5  # on the features, in training only
-    shift: int = 2  # training images move by up to this many pixels each way (0: no shifts)
-    init_from: str = ""  # arch=encoder: an autoencoder or VAE run (model_dir) to initialise from
-    freeze_trunk: bool = False  # train only the layers after the trunk (linear probe)
+    arch: str = hparam(
+        "convnet",
+        "Trunk: convnet (pooling, the FID net) or encoder (the AE/VAE encoder).",
+        ("convnet", "encoder"),
+    )
+    filters: int = hparam(32, "Channels of the first conv (the second has 2x).")
+    latent_dim: int = hparam(16, "arch=encoder: units of the linear code layer (the z).")
+    features: int = hparam(128, "Units of the ReLU feature layer (0: logits on the trunk).")
+    dropout: float = hparam(0.5, "Dropout rate on the features, in training only.")
+    shift: int = hparam(2, "Training images move by up to this many pixels (0: none).")
+    init_from: str = hparam(
+        "", "arch=encoder: an autoencoder or VAE run (model_dir) to initialise the trunk."
+    )
+    freeze_trunk: bool = hparam(False, "Train only the layers after the trunk (linear probe).")
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ("convnet", "encoder"))
+        check_fields(self)
         check_positive("filters", self.filters)
         check_positive("latent_dim", self.latent_dim)
         check(self.features >= 0, f"features={self.features} must be >= 0 (0: no feature layer)")
@@ -218,6 +224,3 @@ def build(config: Config, spec, learning_rate: float | None = None) -> Classifie
     model = Classifier(spec, config)
     model.compile(learning_rate=learning_rate)
     return model
-
-
-PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

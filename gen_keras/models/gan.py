@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from gen_keras import export, rng
-from gen_keras.config import UsageError, check, check_choice, check_positive
+from gen_keras.config import UsageError, check, check_fields, check_positive, hparam
 from gen_keras.models.base import GenerativeModel, replica_mean
 
 LOSSES = ("minimax", "non_saturating", "wgan_gp")
@@ -41,22 +41,26 @@ LOSSES = ("minimax", "non_saturating", "wgan_gp")
 class Config:
     """GAN architecture, game and sample-quality evaluation."""
 
-    loss: str = "non_saturating"  # minimax | non_saturating | wgan_gp
-    latent_dim: int = 64
-    filters: int = 32  # G: 2f -> f -> channels; D: f -> 2f
-    conditional: bool = False
-    n_critic: int | None = None  # discriminator updates per step; None: 5 for wgan_gp, else 1
-    gp_weight: float = 10.0  # lambda of the gradient penalty (wgan_gp)
-    leak: float = 0.2  # LeakyReLU slope of the discriminator
-    # Sample quality from a classifier's features (gen_keras.metrics). A classifier export
-    # or run directory; "" turns FID per epoch and at the end off. Part of the run's
-    # identity: FID curves are only comparable under one feature network.
-    classifier: str = ""
-    fid_samples: int = 1000  # generated samples for the per-epoch metrics
-    final_samples: int = 5000  # generated samples for the end-of-run metrics
+    loss: str = hparam("non_saturating", "The game the two players play.", LOSSES)
+    latent_dim: int = hparam(64, "Dimensions of the noise z.")
+    filters: int = hparam(32, "Filters: G 2f -> f -> channels, D f -> 2f.")
+    conditional: bool = hparam(False, "Label-conditioned G, projection discriminator.")
+    n_critic: int | None = hparam(
+        None, "Discriminator updates per step (default: 5 for wgan_gp, else 1)."
+    )
+    gp_weight: float = hparam(10.0, "Gradient penalty weight lambda (wgan_gp).")
+    leak: float = hparam(0.2, "LeakyReLU slope of the discriminator.")
+    # Part of the run's identity: FID curves are only comparable under one feature network.
+    classifier: str = hparam(
+        "",
+        "Classifier export or run dir whose features score samples (FID, KID, coverage) per "
+        "epoch and at the end; empty: no sample-quality figures.",
+    )
+    fid_samples: int = hparam(1000, "Generated samples for the per-epoch figures.")
+    final_samples: int = hparam(5000, "Generated samples for the end-of-run figures.")
 
     def __post_init__(self):
-        check_choice("loss", self.loss, LOSSES)
+        check_fields(self)
         check_positive("n_critic", self.n_critic, allow_none=True)
         for name in ("latent_dim", "filters", "fid_samples", "final_samples"):
             check_positive(name, getattr(self, name))
@@ -369,6 +373,3 @@ def parameter_count(config: Config, shape, num_classes: int = 10) -> dict:
     if config.conditional:
         discriminator += num_classes * cells
     return {"generator": generator, "discriminator": discriminator}
-
-
-PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

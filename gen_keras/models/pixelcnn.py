@@ -35,7 +35,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras.config import check, check_choice, check_positive
+from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import LIKELIHOODS, make_head, resolve_likelihood
 from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock
 from gen_keras.models.autoregressive import AutoregressiveModel
@@ -47,19 +47,22 @@ ARCHS = ("pixelcnn", "gated")
 class Config:
     """PixelCNN architecture and likelihood."""
 
-    arch: str = "gated"
-    likelihood: str = "auto"  # auto: bernoulli for binary data, categorical for uint8
-    num_mixtures: int = 5  # components of the logistic_mixture likelihood
-    hidden: int = 16  # gated: channels per stack; pixelcnn: block inner width (2x outside)
-    layers: int = 6  # gated layers (the first included) or residual blocks
-    kernel_size: int = 3  # block kernels: kxk (gated: vertical kxk, horizontal 1xk)
-    first_kernel_size: int = 7  # the first layer's kernel (mask A)
-    output_hidden: int = 32  # channels of the 1x1 output layer (and of gated skips)
-    conditional: bool = False  # class-label bias in every block
+    arch: str = hparam("gated", "PixelCNN (2016a) or Gated PixelCNN (2016b).", ARCHS)
+    likelihood: str = hparam(
+        "auto",
+        "Pixel likelihood (auto: bernoulli for binary data, categorical for uint8).",
+        LIKELIHOODS,
+    )
+    num_mixtures: int = hparam(5, "Components of the logistic_mixture likelihood.")
+    hidden: int = hparam(16, "gated: channels per stack; pixelcnn: block inner width (2x outside).")
+    layers: int = hparam(6, "Gated layers (the first included) or residual blocks.")
+    kernel_size: int = hparam(3, "Block kernels, odd: kxk (gated: vertical kxk, horizontal 1xk).")
+    first_kernel_size: int = hparam(7, "Kernel of the first, mask-A layer (odd).")
+    output_hidden: int = hparam(32, "Channels of the 1x1 output layer (and of gated skips).")
+    conditional: bool = hparam(False, "Class-label bias in every block.")
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ARCHS)
-        check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        check_fields(self)
         for name in ("num_mixtures", "hidden", "layers", "output_hidden"):
             check_positive(name, getattr(self, name))
         for name in ("kernel_size", "first_kernel_size"):
@@ -344,6 +347,3 @@ class _GatedStepper(_Stepper):
 
     def end_row(self, state, x, i):
         return state
-
-
-PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

@@ -32,7 +32,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras.config import check, check_choice, check_positive
+from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import make_head, resolve_likelihood
 from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.layers.recurrent import GATES, DiagonalBiLSTM, RowLSTM, lstm_cell
@@ -46,17 +46,22 @@ FIRST_KERNEL = 7  # the 7 x 7 mask-A input convolution
 class Config:
     """PixelRNN architecture."""
 
-    arch: str = "row_lstm"  # row_lstm | diagonal_bilstm
-    layers: int = 4  # recurrent layers (the paper's MNIST models: 7, see `reproduce`)
-    hidden: int = 16  # h: LSTM units; the residual stream has 2h channels
-    kernel_width: int = 3  # k of the Row LSTM's 1 x k input-to-state convolution
-    output_hidden: int = 64  # channels of the ReLU 1 x 1 layer before the head
-    likelihood: str = "auto"  # auto: bernoulli for binary data, categorical for uint8
-    conditional: bool = False
+    arch: str = hparam("row_lstm", "Recurrent layer.", ARCHS)
+    layers: int = hparam(
+        4, "Recurrent layers, with residual connections (the paper's MNIST models: 7)."
+    )
+    hidden: int = hparam(16, "h: LSTM units per layer; the residual stream has 2h channels.")
+    kernel_width: int = hparam(3, "k of the Row LSTM's 1 x k input-to-state convolution (odd).")
+    output_hidden: int = hparam(64, "Channels of the ReLU 1 x 1 layer before the head.")
+    likelihood: str = hparam(
+        "auto",
+        "Pixel likelihood (auto: bernoulli for binary data, categorical for uint8).",
+        ("auto", "bernoulli", "categorical"),
+    )
+    conditional: bool = hparam(False, "Condition every recurrent layer on the class label.")
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ARCHS)
-        check_choice("likelihood", self.likelihood, ("auto", "bernoulli", "categorical"))
+        check_fields(self)
         for name in ("layers", "hidden", "kernel_width", "output_hidden"):
             check_positive(name, getattr(self, name))
         check(self.kernel_width % 2 == 1, f"kernel_width={self.kernel_width} must be odd")
@@ -323,6 +328,3 @@ class CachedStepper:
         zeros = tf.zeros([tf.shape(inputs)[0], self.u])
         _, h = tf.scan(step, (time_major(pre), time_major(above)), (zeros, zeros))
         return tf.transpose(tf.reverse(h, [0]), [1, 0, 2])
-
-
-PRESETS = {"default": default, "small": small, "reproduce": reproduce}

@@ -22,8 +22,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from gen_keras import export, rng
-from gen_keras.config import check, check_choice, check_positive
-from gen_keras.distributions import LIKELIHOODS, bits_per_dim, make_head, resolve_likelihood
+from gen_keras.config import check, check_fields, check_positive, hparam
+from gen_keras.distributions import bits_per_dim, make_head, resolve_likelihood
 from gen_keras.models.base import GenerativeModel, replica_mean
 from gen_keras.models.networks import conv_decoder
 
@@ -34,22 +34,32 @@ tfd = tfp.distributions
 class Config:
     """VAE architecture and objective."""
 
-    arch: str = "conv"  # conv: 2 strided (transposed) convs each way; mlp: 2 tanh layers
-    latent_dim: int = 32
-    hidden: int = 32  # conv: filters of the first conv (the second has 2x); mlp: units
-    likelihood: str = "auto"  # auto: bernoulli for binary data, categorical for uint8
-    num_mixtures: int = 5  # components of the logistic_mixture likelihood
-    kl: str = "analytic"  # analytic (tfd.kl_divergence) or mc (log q(z|x) - log p(z))
-    train_k: int = 1  # > 1 trains on the IWAE_k bound instead of the ELBO
-    eval_k: int = 100  # importance samples of the end-of-run IWAE bound
-    export_k: int = 16  # importance samples of the exported log_prob (batch-1 p50 ~4.5 ms)
-    chunk: int = 100  # importance samples decoded at once (memory stays flat in k)
-    conditional: bool = False
+    arch: str = hparam(
+        "conv", "conv: 2 strided (transposed) convs each way; mlp: 2 tanh layers.", ("conv", "mlp")
+    )
+    latent_dim: int = hparam(32, "Latent dimensions.")
+    hidden: int = hparam(32, "conv: filters of the first conv (the second has 2x); mlp: units.")
+    likelihood: str = hparam(
+        "auto",
+        "Pixel likelihood (auto: bernoulli for binary data, categorical for uint8).",
+        ("auto", "bernoulli", "categorical", "logistic_mixture"),
+    )
+    num_mixtures: int = hparam(5, "Components of the logistic_mixture likelihood.")
+    kl: str = hparam(
+        "analytic",
+        "KL term: analytic (tfd.kl_divergence) or mc (log q(z|x) - log p(z)).",
+        ("analytic", "mc"),
+    )
+    train_k: int = hparam(1, "Importance samples of the training objective (1: ELBO, > 1: IWAE).")
+    eval_k: int = hparam(100, "Importance samples of the end-of-run IWAE bound.")
+    export_k: int = hparam(
+        16, "Importance samples of the exported log_prob (batch-1 p50 ~4.5 ms at 16)."
+    )
+    chunk: int = hparam(100, "Importance samples decoded at once (memory stays flat in k).")
+    conditional: bool = hparam(False, "Condition encoder and decoder on the class label.")
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ("conv", "mlp"))
-        check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        check_choice("kl", self.kl, ("analytic", "mc"))
+        check_fields(self)
         for name in (
             "latent_dim",
             "hidden",
@@ -358,6 +368,3 @@ def build(config: Config, spec, learning_rate: float | None = None) -> VAE:
     model = VAE(spec, config)
     model.compile(learning_rate=learning_rate)
     return model
-
-
-PRESETS = {"default": Config, "small": small, "reproduce": reproduce}

@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 
+from gen_keras import models
+from gen_keras.config import DataConfig, TrainConfig, check
+from gen_keras.config import preset as preset_config
 from gen_keras.pipeline import components
 from gen_keras.pipeline.metadata import Artifact, MetadataStore
 
@@ -84,11 +87,22 @@ def latest_pushed(store: MetadataStore, model_name: str) -> Artifact | None:
 
 
 def run_pipeline(
-    root: str, *, data: dict, trainer: dict, evaluator: dict, pusher: dict, use_cache: bool = True
+    root: str,
+    *,
+    data: dict,
+    trainer: dict,
+    evaluator: dict,
+    pusher: dict,
+    classifier: str | dict | None = None,
+    use_cache: bool = True,
 ) -> list[Step]:
-    """ExampleGen -> Trainer -> Evaluator -> Pusher; returns the four steps in order.
+    """ExampleGen -> Trainer -> Evaluator -> Pusher; returns the steps in execution order
+    (the Evaluator and the Pusher last).
 
-    data/trainer/evaluator/pusher are the components' execution properties.
+    data/trainer/evaluator/pusher are the components' execution properties. A family scored
+    on a classifier's features (the GAN's FID/KID) needs `classifier`: the path of a
+    classifier export or run directory (imported), or the Trainer properties of a
+    classifier to train first on the same Examples.
     """
     os.makedirs(root, exist_ok=True)
     store = MetadataStore(os.path.join(root, "metadata.sqlite"))
@@ -98,6 +112,24 @@ def run_pipeline(
         )
         gen = run("ExampleGen", components.example_gen, {}, data)
         examples = gen.outputs["examples"]
+        steps = [gen]
+        features = None
+        if trainer.get("custom_config", {}).get("family") in components.NEEDS_CLASSIFIER:
+            family = trainer["custom_config"]["family"]
+            check(
+                classifier is not None,
+                f"the {family} Evaluator scores FID/KID on a classifier's features: pass "
+                "--classifier=<classifier export or run dir>, or leave it empty to train one",
+            )
+            if isinstance(classifier, str):
+                step = run(
+                    "Importer", components.importer, {}, {"uri": classifier, "type": "Model"}
+                )
+                features = step.outputs["result"]
+            else:
+                step = run("Trainer", components.trainer, {"examples": examples}, classifier)
+                features = step.outputs["model"]
+            steps.append(step)
         trained = run("Trainer", components.trainer, {"examples": examples}, trainer)
         model = trained.outputs["model"]
         baseline = latest_pushed(store, pusher["model_name"])
@@ -106,7 +138,7 @@ def run_pipeline(
         evaluated = run(
             "Evaluator",
             components.evaluator,
-            {"examples": examples, "model": model, "baseline": baseline},
+            {"examples": examples, "model": model, "baseline": baseline, "classifier": features},
             evaluator,
         )
         pushed = run(
@@ -115,6 +147,85 @@ def run_pipeline(
             {"model": model, "blessing": evaluated.outputs["blessing"]},
             pusher,
         )
-        return [gen, trained, evaluated, pushed]
+        return [*steps, trained, evaluated, pushed]
     finally:
         store.close()
+
+
+def run_family(
+    root: str,
+    family: str,
+    *,
+    data: DataConfig,
+    train: TrainConfig,
+    preset: str = "small",
+    model: dict | None = None,
+    eval_examples: int | None = None,
+    thresholds: dict | None = None,
+    classifier: str | TrainConfig | None = None,
+    use_cache: bool = True,
+) -> list[Step]:
+    """The whole chain for one family from config values (what `trainers.pipeline` runs).
+
+    train: the Trainer's TrainConfig (epochs x steps_per_epoch steps, or epochs passes when
+    steps_per_epoch is None; its export_dir is the Pusher's; model_dir is the pipeline's).
+    model: Config fields over `preset`. classifier (a GAN's FID/KID features): a classifier
+    export or run directory, or the TrainConfig of a default-preset classifier trained on
+    the same Examples and binarization first.
+    """
+    fields = dict(model or {})
+    config = dataclasses.replace(preset_config(models.get(family), preset, **fields), **fields)
+    if isinstance(classifier, TrainConfig):
+        classifier = {
+            "train_steps": _steps(classifier),
+            "custom_config": {
+                "family": "classifier",
+                "preset": "default",
+                "binarization": data.binarization,
+                "binarization_seed": data.binarization_seed,
+                "train": _train_fields(classifier),
+            },
+        }
+    fid_samples = getattr(config, "final_samples", None)  # the GAN's end-of-run sample count
+    return run_pipeline(
+        root,
+        data={
+            "dataset": data.dataset,
+            "data_dir": data.data_dir,
+            "manual_dir": data.manual_dir,
+            "download": data.download,
+            "train_split": data.train_split,
+            "eval_split": data.eval_split,
+        },
+        trainer={
+            "train_steps": _steps(train),
+            "eval_steps": train.eval_steps,
+            "custom_config": {
+                "family": family,
+                "preset": preset,
+                "model": fields,
+                "binarization": data.binarization,
+                "binarization_seed": data.binarization_seed,
+                "train": _train_fields(train),
+            },
+        },
+        evaluator={
+            "binarization_seed": data.binarization_seed,
+            "eval_examples": eval_examples,
+            "thresholds": thresholds or {},
+            **({"fid_samples": fid_samples} if fid_samples else {}),
+        },
+        pusher={"export_dir": train.export_dir, "model_name": family},
+        classifier=classifier,
+        use_cache=use_cache,
+    )
+
+
+def _steps(train: TrainConfig) -> int | None:
+    return train.epochs * train.steps_per_epoch if train.steps_per_epoch else None
+
+
+def _train_fields(train: TrainConfig) -> dict:
+    """The TrainConfig fields a Trainer takes (the pipeline owns directories and export)."""
+    skip = ("model_dir", "export_dir", "export", "eval_steps")
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in skip}

@@ -2,14 +2,15 @@
 
 fn_args.custom_config = {
     "family": "vae",               # a gen_keras.models family
-    "preset": "small",             # optional: a preset function of the family module
+    "preset": "small",             # optional: default (the default), small or reproduce
     "model": {...},                # Config fields over the preset
-    "binarization": "binary_static",
+    "binarization": "binary_static", "binarization_seed": 0,
     "image_shape": [28, 28, 1], "num_classes": 10,   # from the Examples artifact
-    "train": {...},                # TrainConfig fields (batch_size, learning_rate, seed)
+    "train": {...},                # TrainConfig fields (batch_size, learning_rate, epochs, ...)
 }
 Reads gzipped tf.Example TFRecords (`fn_args.train_files` / `eval_files`), trains for
-exactly `fn_args.train_steps` steps on the shared harness (checkpoints and TensorBoard
+exactly `fn_args.train_steps` steps (if given; else train's epochs x steps_per_epoch, None
+steps_per_epoch meaning one pass) on the shared harness (checkpoints and TensorBoard
 logs in `fn_args.model_run_dir`, so an interrupted Trainer resumes), and writes the
 servable SavedModel to `fn_args.serving_model_dir`.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from gen_keras import export, models, train
-from gen_keras.config import DataConfig, TrainConfig, UsageError, check, from_dict
+from gen_keras.config import DataConfig, TrainConfig, UsageError, check, from_dict, preset
 from gen_keras.data import ImageData, tfrecord_source
 
 
@@ -38,11 +39,14 @@ def run_fn(fn_args) -> None:
     cfg = dict(fn_args.custom_config or {})
     check("family" in cfg, "custom_config needs 'family' (e.g. 'vae')")
     family = models.get(cfg["family"])
-    base = getattr(family, cfg.get("preset", "Config"))()
-    model_config = dataclasses.replace(base, **cfg.get("model", {}))
+    fields = cfg.get("model", {})
+    name = cfg.get("preset", "default")
+    base = preset(family, "default" if name == "Config" else name, **fields)
+    model_config = dataclasses.replace(base, **fields)
     data_config = DataConfig(
         dataset="tfrecord",
         binarization=cfg.get("binarization", "binary_static"),
+        binarization_seed=cfg.get("binarization_seed", DataConfig.binarization_seed),
         download=False,
         train_split="train",
         eval_split="eval",
@@ -57,9 +61,11 @@ def run_fn(fn_args) -> None:
         data_config, "eval", False, source=tfrecord_source(fn_args.eval_files, shape, num_classes)
     )
     train_fields = from_dict(TrainConfig, cfg.get("train", {}))
-    epochs, steps = schedule(
-        int(fn_args.train_steps), train_data.steps_per_epoch(train_fields.batch_size)
-    )
+    epochs, steps = train_fields.epochs, train_fields.steps_per_epoch
+    if fn_args.train_steps and (steps is None or epochs * steps != fn_args.train_steps):
+        epochs, steps = schedule(
+            int(fn_args.train_steps), train_data.steps_per_epoch(train_fields.batch_size)
+        )
     train_config = dataclasses.replace(
         train_fields,
         epochs=epochs,
