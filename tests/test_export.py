@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gen_keras import export
+from gen_keras import contract, export
 from tests.serving_standin import Served
 
 VAE_SIGNATURES = {
@@ -129,8 +129,8 @@ def test_a_rows_output_does_not_depend_on_the_rest_of_the_batch(served):
         ),
         (
             "sample",
-            {"seed": np.zeros([export.MAX_BATCH + 1, 2], np.int32)},
-            f"at most {export.MAX_BATCH} rows",
+            {"seed": np.zeros([contract.MAX_BATCH + 1, 2], np.int32)},
+            f"at most {contract.MAX_BATCH} rows",
         ),
         ("decode", {"z": np.full([1, 4], np.nan, np.float32)}, "z: must be finite"),
     ],

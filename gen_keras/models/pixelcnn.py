@@ -35,7 +35,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng, sampling
+from gen_keras import contract, rng, sampling
 from gen_keras.config import check, check_choice, check_positive
 from gen_keras.distributions import bits_per_dim, default_likelihood, make_head
 from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock
@@ -292,53 +292,37 @@ def autoregressive_serving_functions(model) -> dict:
     spec, cond = model.spec, model.config.conditional
 
     def label_for(label, n):
-        return export.check_label(label, spec.num_classes, n) if cond else None
+        return contract.check_label(label, spec.num_classes, n) if cond else None
 
     def sample(seed, label=None):
-        seed = export.check_seed(seed)
+        seed = contract.check_seed(seed)
         x = model.sample(seed, label_for(label, tf.shape(seed)[0]))
         return {"images": spec.to_data(x)}
 
     def log_prob(images, label=None):
-        images = export.check_images(images, spec)
+        images = contract.check_images(images, spec)
         lp = model.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
         return {"log_prob": lp, "bits_per_dim": bits_per_dim(-lp, spec.num_dims)}
 
     def complete(images, mask, seed, label=None):
-        images = export.check_images(images, spec)
+        images = contract.check_images(images, spec)
         n = tf.shape(images)[0]
         x = model.complete(
             spec.to_model(images),
-            check_mask(mask, n),
-            export.check_seed(seed, n),
+            contract.check_mask(mask, n),
+            contract.check_seed(seed, n),
             label_for(label, n),
         )
         return {"images": spec.to_data(x)}
 
-    images, seed = export.image_spec(spec), export.SEED_SPEC
+    images, seed = contract.image_spec(spec), contract.SEED_SPEC
     mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
-    sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
+    sig = lambda fn, *specs: contract.signature(fn, *specs, conditional=cond)  # noqa: E731
     return {
         "sample": sig(sample, seed),
         "log_prob": sig(log_prob, images),
         "complete": sig(complete, images, mask, seed),
     }
-
-
-def check_mask(mask, batch):
-    """Validates a completion mask uint8 [N, H, W, C] (1 = known, 0 = to sample)."""
-    checks = [
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(mask),
-            tf.constant(1, tf.uint8),
-            message="mask: values must be 1 (known pixel) or 0 (pixel to sample)",
-        ),
-        tf.debugging.assert_equal(
-            tf.shape(mask)[0], batch, message="mask: needs one row per row of images"
-        ),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.identity(mask)
 
 
 def top_half(shape, height: int) -> tf.Tensor:

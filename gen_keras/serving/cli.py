@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TF's 
 import numpy as np
 import tensorflow as tf
 
-from gen_keras import export, summaries
+from gen_keras import contract, export, summaries
 from gen_keras.serving import ServingError
 
 
@@ -71,8 +71,8 @@ def _client(args):
 
 
 def sample(args) -> str:
-    if not 1 <= args.n <= export.MAX_BATCH:
-        raise ServingError(f"--n={args.n} must be in 1..{export.MAX_BATCH}")
+    if not 1 <= args.n <= contract.MAX_BATCH:
+        raise ServingError(f"--n={args.n} must be in 1..{contract.MAX_BATCH}")
     inputs = {"seed": np.stack([np.full(args.n, args.seed), np.arange(args.n)], 1).astype(np.int32)}
     if args.label is not None:
         inputs["label"] = np.full(args.n, args.label, np.int32)
