@@ -7,6 +7,11 @@
 - `generate`: N samples from an export's `sample` signature (row i uses seed [seed, i]) as
   PNG files and a TFRecord of tf.Examples.
 
+Bad input does not abort a job silently or noisily: a record that is not a valid
+`to_example` image is counted (`malformed_records`) and skipped, or written to a dead-letter
+file; a pattern that matches no file is a UsageError; a corrupt file (bad gzip, bad
+TFRecord framing) stops the job with a one-line `CorruptFileError` naming it.
+
 Both run on the DirectRunner here (`--direct_num_workers=2`) and on Dataflow, Flink or
 Spark elsewhere with the usual Beam pipeline options. Per-row seeds keyed by the image's
 index make every score independent of batching and workers (see `gen_keras.scoring`).
@@ -14,19 +19,38 @@ index make every score independent of batching and workers (see `gen_keras.scori
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from gen_keras import export, scoring
-from gen_keras.config import DataConfig
+from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import EXAMPLE_FEATURES, to_example
+
+METRICS_NAMESPACE = "gen_keras.beam"
+MALFORMED = "malformed"  # the tag of records that are not valid images
+
+
+class CorruptFileError(ValueError):
+    """An input file cannot be read (not gzip, broken TFRecord framing); one line."""
+
+
+def _first_line(error, limit: int = 200) -> str:
+    """An error's message on one line, without TF's function-node and op decorations."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]( name:\S*)?", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class SignatureHandler(TFModelHandlerNumpy):
@@ -50,7 +74,10 @@ class SignatureHandler(TFModelHandlerNumpy):
 
 def parse_example(record: bytes, shape) -> dict:
     example = tf.io.parse_single_example(record, EXAMPLE_FEATURES)
-    image = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape)
+    pixels = tf.io.decode_raw(example["image"], tf.uint8)
+    if int(tf.size(pixels)) != int(np.prod(shape)):
+        raise ValueError(f"image has {int(tf.size(pixels))} bytes, the export takes {list(shape)}")
+    image = tf.reshape(pixels, shape)
     return {"image": image.numpy(), "label": int(example["label"])}
 
 
@@ -103,13 +130,95 @@ class _Summary(beam.CombineFn):
         }
 
 
-def read_tfrecords(pipeline, files: list[str], shape):
-    """Images from gzipped TFRecords of `to_example` records (ExampleGen's Split-*/ files)."""
-    return (
+class _ParseOrSetAside(beam.DoFn):
+    """record -> {"image", "label"}; a malformed record goes to the MALFORMED output instead
+    ({"error", "bytes", "head_b64"}) and is counted."""
+
+    def __init__(self, shape):
+        self._shape = tuple(shape)
+        self._malformed = Metrics.counter(METRICS_NAMESPACE, "malformed_records")
+        self._parsed = Metrics.counter(METRICS_NAMESPACE, "records")
+
+    def process(self, record):
+        try:
+            parsed = parse_example(record, self._shape)
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            self._malformed.inc()
+            yield beam.pvalue.TaggedOutput(
+                MALFORMED,
+                {
+                    "error": _first_line(e),
+                    "bytes": len(record),
+                    "head_b64": base64.b64encode(bytes(record[:48])).decode(),
+                },
+            )
+            return
+        self._parsed.inc()
+        yield parsed
+
+
+def _read_file(path: str):
+    """The records of one gzipped TFRecord file; CorruptFileError (one line) if it breaks."""
+    n = 0
+    try:
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            yield record
+            n += 1
+    except tf.errors.OpError as e:
+        raise CorruptFileError(
+            f"{path}: not a readable gzipped TFRecord file after {n} records ({_first_line(e)})"
+        ) from None
+
+
+def match_files(patterns: list[str]) -> list[str]:
+    """The files matching each pattern (local, gs://, ...); UsageError if one matches none."""
+    files = []
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # BeamIOError and friends: say which pattern
+            raise UsageError(
+                f"--examples={pattern}: cannot list files ({_first_line(e)})"
+            ) from None
+        paths = sorted(m.path for m in matched if not m.path.endswith("/"))
+        if not paths:
+            raise UsageError(f"--examples={pattern} matches no file")
+        files += paths
+    return files
+
+
+def read_tfrecords(pipeline, files: list[str], shape, dead_letter: str | None = None):
+    """Images from gzipped TFRecords of `to_example` records (ExampleGen's Split-*/ files).
+
+    files: paths or glob patterns, each must match at least one file (UsageError). Malformed
+    records are skipped and counted (metric `malformed_records`); with dead_letter, also
+    written to <dead_letter>-*.jsonl.
+    """
+    parsed = (
         pipeline
-        | "Patterns" >> beam.Create(list(files))
-        | "Read" >> beam.io.ReadAllFromTFRecord(compression_type="gzip")
-        | "Parse" >> beam.Map(parse_example, shape=tuple(shape))
+        | "Files" >> beam.Create(match_files(list(files)))
+        | "Spread" >> beam.Reshuffle()
+        | "Read" >> beam.FlatMap(_read_file)
+        | "Parse" >> beam.ParDo(_ParseOrSetAside(shape)).with_outputs(MALFORMED, main="images")
+    )
+    if dead_letter:
+        _ = (
+            parsed[MALFORMED]
+            | "MalformedJson" >> beam.Map(json.dumps)
+            | "WriteMalformed" >> beam.io.WriteToText(dead_letter, file_name_suffix=".jsonl")
+        )
+    return parsed["images"]
+
+
+def counter(result, name: str) -> int:
+    """A gen_keras.beam counter of a finished pipeline (e.g. "malformed_records")."""
+    query = result.metrics().query()
+    return int(
+        sum(
+            c.committed or 0
+            for c in query["counters"]
+            if c.key.metric.namespace == METRICS_NAMESPACE and c.key.metric.name == name
+        )
     )
 
 

@@ -2,8 +2,9 @@
 
 It loads the latest version of each model under an export root exactly as the server
 does (TF1 Session + `loader.load(sess, ["serve"], path)`, SignatureDefs run by tensor
-name) and answers TF Serving's REST API (status, metadata, predict in row and columnar
-formats, `*_bytes` outputs base64-encoded, `{"error": ...}` on failure) and gRPC
+name through RunCallable, which, like the server's C++ path, checks no feed shapes) and
+answers TF Serving's REST API (status, metadata, predict in row and columnar formats,
+`*_bytes` outputs base64-encoded, `{"error": ...}` on failure) and gRPC
 PredictionService.Predict, so the clients' request building and response parsing are
 exercised end to end on loopback.
 """
@@ -22,6 +23,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
@@ -44,7 +46,7 @@ class StandIn:
     """StandIn(export_root).start() -> (rest_port, grpc_port); .stop() when done."""
 
     def __init__(self, export_root: str):
-        self.models = {}
+        self.models, self._callables = {}, {}
         for name in export.exported_models(export_root):
             version = export.versions(os.path.join(export_root, name))[-1]
             self.models[name] = (version, Served(os.path.join(export_root, name, str(version))))
@@ -80,10 +82,25 @@ class StandIn:
             dtype = tf.dtypes.as_dtype(sig.inputs[key].dtype).as_numpy_dtype
             feed[sig.inputs[key].name] = np.asarray(value, dtype=dtype)
         try:
-            out = served.sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
+            out = self._callable(name, signature, served, sorted(feed))(feed)
         except (tf.errors.OpError, ValueError) as e:
             raise RequestError(400, grpc.StatusCode.INVALID_ARGUMENT, _op_message(e)) from None
         return version, out
+
+    def _callable(self, name, signature, served, feeds):
+        """feed dict -> {output: ndarray} via Session._make_callable_from_options, cached."""
+        key = (name, signature, tuple(feeds))
+        if key not in self._callables:
+            sig = served.signatures[signature]
+            fetches = sorted(sig.outputs)
+            options = config_pb2.CallableOptions()
+            options.feed.extend(feeds)
+            options.fetch.extend(sig.outputs[k].name for k in fetches)
+            fn = served.sess._make_callable_from_options(options)
+            self._callables[key] = lambda feed: dict(
+                zip(fetches, fn(*[feed[k] for k in feeds]), strict=True)
+            )
+        return self._callables[key]
 
     def metadata(self, name, version) -> dict:
         version, served = self._model(name, version)

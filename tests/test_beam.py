@@ -1,9 +1,11 @@
 """Beam batch inference: scores equal in-process scoring, on one and on two workers; samples
-equal the export's own; TFRecord and TFDS sources; the command line."""
+equal the export's own; TFRecord and TFDS sources; the command line; malformed records,
+empty globs and corrupt files."""
 
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ import tensorflow_datasets as tfds
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gen_keras import beam_inference, scoring
+from gen_keras.config import UsageError
 from gen_keras.data import to_example
 from tests.conftest import REPO
 
@@ -114,3 +117,88 @@ def test_command_line_scores_and_reports_bad_exports(vae_run, records, tmp_path)
         timeout=600,
     )
     assert bad.returncode == 2 and "is not a gen_keras export" in bad.stderr
+
+
+# -- faults: malformed records, empty globs, corrupt files ------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_records(test_images, tmp_path_factory):
+    """N // 2 good records with 3 malformed ones between them: not an Example, a 5x5 image,
+    no image at all."""
+    path = str(tmp_path_factory.mktemp("mixed") / "mixed-00000-of-00001.gz")
+    pixels, labels = test_images
+    no_image = tf.train.Example()
+    no_image.features.feature["label"].int64_list.value.append(1)
+    bad = [
+        b"not an example",
+        to_example(np.zeros([5, 5, 1], np.uint8), 1),
+        no_image.SerializeToString(),
+    ]
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for i in range(N // 2):
+            w.write(to_example(pixels[i], labels[i]))
+            if i % 6 == 1 and bad:
+                w.write(bad.pop())
+    return path
+
+
+def test_malformed_records_are_counted_skipped_and_dead_lettered(vae_run, mixed_records, tmp_path):
+    out = str(tmp_path / "scores")
+    pipeline = beam.Pipeline()
+    images = beam_inference.read_tfrecords(
+        pipeline, [mixed_records], [28, 28, 1], dead_letter=os.path.join(out, "malformed")
+    )
+    beam_inference.score(images, vae_run.export_path, out, mode="binary_static", batch_size=8)
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert beam_inference.counter(result, "malformed_records") == 3
+    assert beam_inference.counter(result, "records") == N // 2
+    assert len(_read_scores(out)) == N // 2
+    dead = [
+        json.loads(line)
+        for f in glob.glob(os.path.join(out, "malformed-*.jsonl"))
+        for line in open(f)
+    ]
+    assert len(dead) == 3 and all("\n" not in row["error"] for row in dead)
+    assert any("the export takes [28, 28, 1]" in row["error"] for row in dead)
+
+
+def test_a_pattern_matching_no_file_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="matches no file"):
+        beam_inference.read_tfrecords(beam.Pipeline(), [str(tmp_path / "*.gz")], [28, 28, 1])
+
+
+def test_command_line_faults_are_one_line(vae_run, records, mixed_records, tmp_path):
+    good = open(records, "rb").read()
+    corrupt = {
+        "truncated.gz": good[: len(good) // 2],
+        "not_gzip.gz": b"\x00\x01garbage" * 300,
+    }
+    for name, data in corrupt.items():
+        (tmp_path / name).write_bytes(data)
+    cases = [
+        (str(tmp_path / "*.gz"), 2, "not a readable gzipped TFRecord file"),
+        (mixed_records, 0, "skipped 3 malformed records"),
+    ]
+    for pattern, code, message in cases:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainers.beam",
+                "score",
+                f"--export={vae_run.export_path}",
+                f"--examples={pattern}",
+                f"--out={tmp_path / 'out'}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == code, (pattern, result.stderr[-2000:])
+        assert message in result.stdout + result.stderr, (pattern, result.stderr[-2000:])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == (1 if code else 0) and "Traceback" not in result.stderr
+        assert not re.search(r"b'[0-9a-f]{16}", result.stderr)  # no hex dump

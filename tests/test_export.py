@@ -1,14 +1,23 @@
 """Exports loaded the way TF Serving loads them (TF1 Session + loader), signature by signature."""
 
+import multiprocessing
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from gen_keras import export
+from gen_keras import contract, export, train
+from gen_keras.config import UsageError
+from gen_keras.data import DataSpec
+from gen_keras.models import autoencoder
+from tests.conftest import REPO
 from tests.serving_standin import Served
 
 VAE_SIGNATURES = {
@@ -129,8 +138,8 @@ def test_a_rows_output_does_not_depend_on_the_rest_of_the_batch(served):
         ),
         (
             "sample",
-            {"seed": np.zeros([export.MAX_BATCH + 1, 2], np.int32)},
-            f"at most {export.MAX_BATCH} rows",
+            {"seed": np.zeros([contract.MAX_BATCH + 1, 2], np.int32)},
+            f"at most {contract.MAX_BATCH} rows",
         ),
         ("decode", {"z": np.full([1, 4], np.nan, np.float32)}, "z: must be finite"),
     ],
@@ -218,3 +227,179 @@ def test_versions_are_written_atomically_and_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError):
         export.write_versioned(root, write, version=2)
     assert export.versions(root) == [1, 2]
+
+
+# -- faults: names, races, permissions, leftovers, non-finite weights -------------------
+
+
+def _write_pb(path):
+    with open(os.path.join(path, "saved_model.pb"), "w") as f:
+        f.write("x")
+
+
+def _run_export(model_dir, export_dir, *flags):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.export",
+            f"--model_dir={model_dir}",
+            f"--export_dir={export_dir}",
+            *flags,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _one_error_line(result):
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return len(errors) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "/abs/path", 'a"b', "a\nb", ".", "..", "-x", "a/b", "", "é"]
+)
+def test_bad_model_names_are_refused(name, tmp_path):
+    with pytest.raises(UsageError, match="is not allowed"):
+        export.check_name(name)
+    with pytest.raises(UsageError):
+        export.push(str(tmp_path), str(tmp_path / "root"), name)
+    assert not (tmp_path / "root").exists() or os.listdir(tmp_path / "root") == []
+
+
+def test_good_model_names_are_accepted():
+    for name in ["vae", "gan_1", "PixelCNN-2.b", "0"]:
+        assert export.check_name(name) == name
+
+
+def test_trainers_export_refuses_escaping_names_with_exit_2_and_writes_nothing(vae_run, tmp_path):
+    root = tmp_path / "root" / "inner"
+    result = _run_export(vae_run.model_dir, root, "--model=../../escaped")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert _one_error_line(result) and "is not allowed" in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def test_models_config_never_lists_a_directory_with_a_bad_name(tmp_path):
+    export.write_versioned(str(tmp_path / "good"), _write_pb)
+    os.makedirs(tmp_path / 'bad"name' / "1")
+    config = open(export.write_models_config(str(tmp_path))).read()
+    assert 'name: "good"' in config and "bad" not in config
+
+
+def _export_at(root, start, queue):
+    while time.time() < start:  # every process renames at (nearly) the same moment
+        time.sleep(0.001)
+    try:
+        queue.put(export.write_versioned(root, _write_pb))
+    except Exception as e:  # reported to the test, which fails on it
+        queue.put(repr(e))
+
+
+def test_concurrent_exports_of_one_model_get_distinct_versions(tmp_path):
+    ctx = multiprocessing.get_context("fork")  # the children only rename files
+    root, queue, n = str(tmp_path / "m"), ctx.Queue(), 6
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_export_at, args=(root, start, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    paths = sorted(queue.get(timeout=5) for _ in range(n))
+    assert paths == sorted(os.path.join(root, str(v)) for v in range(1, n + 1)), paths
+    assert export.versions(root) == list(range(1, n + 1))
+    assert [d for d in os.listdir(root) if d.startswith(".tmp-")] == []
+
+
+def _refresh_config(root, seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        export.write_models_config(root)
+
+
+def test_models_config_is_replaced_atomically_under_concurrent_refreshes(tmp_path):
+    root = str(tmp_path)
+    for name in ("a", "b"):
+        export.write_versioned(os.path.join(root, name), _write_pb)
+    expected = export.render_models_config(["a", "b"])
+    export.write_models_config(root)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_refresh_config, args=(root, 3.0)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    reads = bad = 0
+    path = os.path.join(root, export.MODELS_CONFIG)
+    while any(p.is_alive() for p in procs) and reads < 100_000:
+        try:
+            with open(path) as f:
+                bad += f.read() != expected
+        except FileNotFoundError:
+            bad += 1
+        reads += 1
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert reads > 100 and bad == 0, (reads, bad)
+    assert sorted(os.listdir(root)) == [".lock", "a", "b", "models.config"]
+
+
+def test_versions_are_readable_by_the_servers_user(vae_run):
+    for dirpath, _, files in os.walk(vae_run.export_path):
+        assert os.stat(dirpath).st_mode & 0o755 == 0o755, dirpath
+        for f in files:
+            assert os.stat(os.path.join(dirpath, f)).st_mode & 0o444 == 0o444, f
+
+
+def test_orphaned_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    root = tmp_path / "m"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    host = socket.gethostname()
+    orphan = root / f".tmp-{host}-{dead.stdout.strip()}-abc123"
+    live = root / f".tmp-{host}-{os.getpid()}-def456"
+    old = root / ".tmp-3-xyz"  # the old naming: removed once a day old
+    for d in (orphan, live, old):
+        os.makedirs(d / "variables")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    export.write_versioned(str(root), _write_pb)
+    assert sorted(os.listdir(root)) == sorted(["1", live.name])
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
+    keras.utils.set_random_seed(3)
+    spec = DataSpec((8, 12, 1), "binary_static", 10)
+    model = autoencoder.build(autoencoder.small(), spec, 1e-3)
+    model.build_for_training({"image": tf.zeros([2, 8, 12, 1]), "label": tf.zeros([2], tf.int32)})
+    weight = model.trainable_variables[1]
+    weight.assign(tf.fill(weight.shape, np.nan))
+    with pytest.raises(export.ExportError, match=r"1 of \d+ variables hold NaN or Inf"):
+        export.export(model, str(tmp_path))
+    with pytest.raises(export.ExportError):
+        export.save(model, str(tmp_path / "plain"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_trainers_export_refuses_a_checkpoint_with_nan_weights(vae_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(vae_run.model_dir, run)
+    model, step = train.restore_model(str(run))
+    weight = model.trainable_variables[0]
+    weight.assign(tf.where(tf.zeros_like(weight) == 0, np.inf, weight))
+    ckpt = tf.train.Checkpoint(model=model, step=tf.Variable(step + 1, dtype=tf.int64))
+    ckpt.save_counter.assign(step)
+    ckpt.save(str(run / "checkpoints" / "ckpt"))  # ckpt-<step + 1>, now the latest
+    result = _run_export(run, tmp_path / "exports")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert _one_error_line(result) and "NaN or Inf" in result.stderr
+    assert (
+        not (tmp_path / "exports" / "vae").exists()
+        or export.versions(str(tmp_path / "exports" / "vae")) == []
+    )

@@ -12,7 +12,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from gen_keras import export, models
+from gen_keras import contract, export, models
 from gen_keras.data import DataSpec
 from gen_keras.serving import ServingError
 from gen_keras.serving.grpc_client import GrpcClient
@@ -245,7 +245,7 @@ def test_every_family_export_passes_the_model_server_checks(family, tmp_path):
             for key in a:
                 assert a[key].shape[0] == 3, (name, key)
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}/{key}")
-            big = _inputs(sig, spec, export.MAX_BATCH + 1, seed=1)
+            big = _inputs(sig, spec, contract.MAX_BATCH + 1, seed=1)
             with pytest.raises(tf.errors.InvalidArgumentError, match="rows per request"):
                 first(name, **big)
     finally:

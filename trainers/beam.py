@@ -5,11 +5,16 @@
         --examples='pipelines/vae/ExampleGen/1/Split-eval/*.gz' --out=runs/scores
     python -m trainers.beam generate --export=saved_models/gan/1 --n=1000 --out=runs/samples
 
+A malformed record is skipped, counted and written to <out>/malformed-*.jsonl; a pattern
+matching no file or a corrupt file stops with one line (exit 2; a failed job exits 1).
+
 Any other arguments are Beam pipeline options, e.g. `--direct_num_workers=2
 --direct_running_mode=multi_processing` here, `--runner=DataflowRunner --project=...` there.
 """
 
 import argparse
+import logging
+import os
 import sys
 
 from trainers import common  # noqa: F401 - quiets TF's C++ logs
@@ -61,47 +66,64 @@ def main(argv=None) -> int:
             "directory (no assets.extra/gen_keras.json)\n"
         )
         return 2
+    # A failing DoFn is also logged with its traceback by Beam; the one line below says it.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
-        _run(args, beam_args, spec)
-    except (UsageError, ValueError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
+        malformed = _run(args, beam_args, spec)
+    except Exception as e:  # a usage error, a corrupt file, a failed job: one line, no dump
+        message = " ".join(str(e).split())
+        sys.stderr.write(f"error: {message[:400]}\n")
+        return 2 if isinstance(e, (UsageError, ValueError)) else 1
+    if malformed:
+        print(f"skipped {malformed} malformed records: {args.out}/malformed-*.jsonl")
     print(f"wrote {args.out}")
     return 0
 
 
-def _run(args, beam_args, spec) -> None:
+def _run(args, beam_args, spec) -> int:
+    """Runs the job; returns the number of malformed records skipped."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from gen_keras import beam_inference, data
+    from gen_keras.config import UsageError
 
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        if args.command == "generate":
-            beam_inference.generate(
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size={args.batch_size} must be >= 1")
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    if args.command == "generate":
+        beam_inference.generate(
+            pipeline,
+            args.export,
+            args.n,
+            args.out,
+            seed=args.seed,
+            label=args.label,
+            batch_size=args.batch_size,
+        )
+    else:
+        if args.examples:
+            images = beam_inference.read_tfrecords(
                 pipeline,
-                args.export,
-                args.n,
-                args.out,
-                seed=args.seed,
-                label=args.label,
-                batch_size=args.batch_size,
+                [args.examples],
+                spec["shape"],
+                dead_letter=os.path.join(args.out, "malformed"),
             )
         else:
-            if args.examples:
-                images = beam_inference.read_tfrecords(pipeline, [args.examples], spec["shape"])
-            else:
-                name, _, split = args.tfds.partition(":")
-                config = data.DataConfig(dataset=name, data_dir=args.data_dir, download=False)
-                builder = data.builder_for(config)
-                images = beam_inference.read_tfds(pipeline, builder, split or "test")
-            beam_inference.score(
-                images,
-                args.export,
-                args.out,
-                mode=args.binarization or spec["mode"],
-                batch_size=args.batch_size,
-            )
+            name, _, split = args.tfds.partition(":")
+            config = data.DataConfig(dataset=name, data_dir=args.data_dir, download=False)
+            builder = data.builder_for(config)
+            images = beam_inference.read_tfds(pipeline, builder, split or "test")
+        beam_inference.score(
+            images,
+            args.export,
+            args.out,
+            mode=args.binarization or spec["mode"],
+            batch_size=args.batch_size,
+        )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return beam_inference.counter(result, "malformed_records")
 
 
 if __name__ == "__main__":

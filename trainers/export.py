@@ -3,8 +3,11 @@
     python -m trainers.export --model_dir=runs/vae [--model=vae] [--export_dir=saved_models]
 
 
-Writes <export_dir>/<model>/<next version>/ and refreshes <export_dir>/models.config.
+Writes <export_dir>/<model>/<next version>/ and refreshes <export_dir>/models.config. A bad
+--model name exits 2; a checkpoint with NaN or Inf weights is refused (exit 1), one line each.
 """
+
+import sys
 
 from absl import flags
 
@@ -20,8 +23,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.model is not None:
+        export.check_name(FLAGS.model)  # before the (slow) restore
     model, step = runs.restore_model(FLAGS.model_dir)
-    path = export.export(model, FLAGS.export_dir, FLAGS.model)
+    try:
+        path = export.export(model, FLAGS.export_dir, FLAGS.model)
+    except export.ExportError as e:
+        sys.stderr.write(f"error: {FLAGS.model_dir} (step {step}): {e}\n")
+        sys.exit(1)
     print(f"exported step {step} of {FLAGS.model_dir}: {path}")
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export
+from gen_keras import contract
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import bits_per_dim, make_head
 from gen_keras.models.base import GenerativeModel, replica_mean
@@ -226,22 +226,22 @@ class Autoencoder(GenerativeModel):
         spec = self.spec
 
         def reconstruct(images):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             return {"images": self._data_images(self(spec.to_model(images)))}
 
         def encode(images):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             return {"z": self.encode(spec.to_model(images))}
 
         def decode(z):
-            return {"images": self._data_images(self.decode(export.check_rows("z", z)))}
+            return {"images": self._data_images(self.decode(contract.check_rows("z", z)))}
 
-        images = export.image_spec(spec)
+        images = contract.image_spec(spec)
         z_spec = tf.TensorSpec([None, self.config.latent_dim], tf.float32, name="z")
         return {
-            "reconstruct": export.signature(reconstruct, images),
-            "encode": export.signature(encode, images),
-            "decode": export.signature(decode, z_spec),
+            "reconstruct": contract.signature(reconstruct, images),
+            "encode": contract.signature(encode, images),
+            "decode": contract.signature(decode, z_spec),
         }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng, sampling
+from gen_keras import contract, rng, sampling
 from gen_keras.distributions import bits_per_dim
 from gen_keras.models.base import Functions, GenerativeModel, replica_mean
 
@@ -107,32 +107,32 @@ class AutoregressiveModel(GenerativeModel):
         spec, cond = self.spec, self.config.conditional
 
         def label_for(label, n):
-            return export.check_label(label, spec.num_classes, n) if cond else None
+            return contract.check_label(label, spec.num_classes, n) if cond else None
 
         def sample(seed, label=None):
-            seed = export.check_seed(seed)
+            seed = contract.check_seed(seed)
             x = self.sample(seed, label_for(label, tf.shape(seed)[0]))
             return {"images": spec.to_data(x)}
 
         def log_prob(images, label=None):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             lp = self.log_prob(spec.to_model(images), label_for(label, tf.shape(images)[0]))
             return {"log_prob": lp, "bits_per_dim": bits_per_dim(-lp, spec.num_dims)}
 
         def complete(images, mask, seed, label=None):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             n = tf.shape(images)[0]
             x = self.complete(
                 spec.to_model(images),
-                export.check_mask(mask, n),
-                export.check_seed(seed, n),
+                contract.check_mask(mask, n),
+                contract.check_seed(seed, n),
                 label_for(label, n),
             )
             return {"images": spec.to_data(x)}
 
-        images, seed = export.image_spec(spec), export.SEED_SPEC
+        images, seed = contract.image_spec(spec), contract.SEED_SPEC
         mask = tf.TensorSpec([None, *spec.shape], tf.uint8, name="mask")
-        sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)  # noqa: E731
+        sig = lambda fn, *specs: contract.signature(fn, *specs, conditional=cond)  # noqa: E731
         return {
             "sample": sig(sample, seed),
             "log_prob": sig(log_prob, images),

@@ -29,7 +29,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng
+from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.models.base import GenerativeModel, replica_mean
 from gen_keras.models.networks import convnet_trunk, encoder_trunk
@@ -211,11 +211,11 @@ class Classifier(GenerativeModel):
         spec = self.spec
 
         def classify(images):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             logits, features = self._logits_and_features(spec.to_model(images))
             return {"logits": logits, "features": features}
 
-        return {"classify": export.signature(classify, export.image_spec(spec))}
+        return {"classify": contract.signature(classify, contract.image_spec(spec))}
 
 
 def build(config: Config, spec, learning_rate: float | None = None) -> Classifier:

@@ -30,7 +30,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from gen_keras import export, rng
+from gen_keras import contract, rng
 from gen_keras.config import UsageError, check, check_fields, check_positive, hparam
 from gen_keras.models.base import GenerativeModel, replica_mean
 
@@ -339,21 +339,21 @@ class GAN(GenerativeModel):
         spec, cond, d = self.spec, self.config.conditional, self.config.latent_dim
 
         def label_for(label, n):
-            return export.check_label(label, spec.num_classes, n) if cond else None
+            return contract.check_label(label, spec.num_classes, n) if cond else None
 
         def sample(seed, label=None):
-            seed = export.check_seed(seed)
+            seed = contract.check_seed(seed)
             images = self.sample(seed, label_for(label, tf.shape(seed)[0]))
             return {"images": spec.to_data(images)}
 
         def generate(z, label=None):
-            z = export.check_rows("z", z)
+            z = contract.check_rows("z", z)
             return {"images": spec.to_data(self.generate(z, label_for(label, tf.shape(z)[0])))}
 
         z_spec = tf.TensorSpec([None, d], tf.float32, name="z")
         return {
-            "sample": export.signature(sample, export.SEED_SPEC, conditional=cond),
-            "generate": export.signature(generate, z_spec, conditional=cond),
+            "sample": contract.signature(sample, contract.SEED_SPEC, conditional=cond),
+            "generate": contract.signature(generate, z_spec, conditional=cond),
         }
 
 

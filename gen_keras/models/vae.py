@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from gen_keras import export, rng
+from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import bits_per_dim, make_head, resolve_likelihood
 from gen_keras.models.base import GenerativeModel, replica_mean
@@ -311,16 +311,16 @@ class VAE(GenerativeModel):
         d = self.config.latent_dim
 
         def label_for(label, n):
-            return export.check_label(label, spec.num_classes, n) if cond else None
+            return contract.check_label(label, spec.num_classes, n) if cond else None
 
         def sample(seed, label=None):
-            seed = export.check_seed(seed)
+            seed = contract.check_seed(seed)
             out = self._sample(seed, label_for(label, tf.shape(seed)[0]))
             return {"images": spec.to_data(out["sample"]), "probs": self._probs(out["mean"])}
 
         def log_prob(images, seed, label=None):
-            images = export.check_images(images, spec)
-            seed = export.check_seed(seed, tf.shape(images)[0])
+            images = contract.check_images(images, spec)
+            seed = contract.check_seed(seed, tf.shape(images)[0])
             label = label_for(label, tf.shape(images)[0])
             x = spec.to_model(images)
             q = self.posterior(x, label)
@@ -331,20 +331,20 @@ class VAE(GenerativeModel):
             return {"elbo": elbo, "iwae": iwae}
 
         def encode(images, label=None):
-            images = export.check_images(images, spec)
+            images = contract.check_images(images, spec)
             q = self.posterior(spec.to_model(images), label_for(label, tf.shape(images)[0]))
             return {"z_mean": q.mean(), "z_stddev": q.stddev()}
 
         def decode(z, label=None):
-            z = export.check_rows("z", z)
+            z = contract.check_rows("z", z)
             params = self.decode_params(z, label_for(label, tf.shape(z)[0]))
             mean = self.head.mean(params)
             mode = tf.round(mean) if spec.binary else mean
             return {"images": spec.to_data(mode), "probs": self._probs(mean)}
 
         def reconstruct(images, seed, label=None):
-            images = export.check_images(images, spec)
-            seed = export.check_seed(seed, tf.shape(images)[0])
+            images = contract.check_images(images, spec)
+            seed = contract.check_seed(seed, tf.shape(images)[0])
             label = label_for(label, tf.shape(images)[0])
             q = self.posterior(spec.to_model(images), label)
             z = q.mean() + q.stddev() * rng.row_normal(seed, [d])
@@ -352,9 +352,9 @@ class VAE(GenerativeModel):
             mode = tf.round(mean) if spec.binary else mean
             return {"images": spec.to_data(mode), "probs": self._probs(mean)}
 
-        images, seed = export.image_spec(spec), export.SEED_SPEC
+        images, seed = contract.image_spec(spec), contract.SEED_SPEC
         z_spec = tf.TensorSpec([None, d], tf.float32, name="z")
-        sig = lambda fn, *specs: export.signature(fn, *specs, conditional=cond)
+        sig = lambda fn, *specs: contract.signature(fn, *specs, conditional=cond)
         return {
             "sample": sig(sample, seed),
             "log_prob": sig(log_prob, images, seed),

@@ -10,4 +10,10 @@
 
 
 class ServingError(RuntimeError):
-    """A model server refused a request; the message is the server's."""
+    """A model server refused a request or sent a reply that is not TF Serving's (one line)."""
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """text on one line (whitespace runs collapsed), cut to `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
