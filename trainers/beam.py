@@ -17,7 +17,17 @@ import logging
 import os
 import sys
 
+from gen_keras import data, export
+from gen_keras.config import UsageError
 from trainers import common  # noqa: F401 - quiets TF's C++ logs
+
+try:  # the optional `beam` extra
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from gen_keras import beam_inference
+except ImportError as e:
+    beam, MISSING = None, e
 
 
 def _parser():
@@ -50,13 +60,10 @@ def _parser():
 
 def main(argv=None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
-    try:
-        import apache_beam  # noqa: F401
-
-        from gen_keras import export
-        from gen_keras.config import UsageError
-    except ImportError as e:
-        sys.stderr.write(f"error: {e}; install the beam extra: pip install 'gen-keras[beam]'\n")
+    if beam is None:
+        sys.stderr.write(
+            f"error: {MISSING}; install the beam extra: pip install 'gen-keras[beam]'\n"
+        )
         return 2
     try:
         spec = export.read_metadata(args.export)["spec"]
@@ -82,12 +89,6 @@ def main(argv=None) -> int:
 
 def _run(args, beam_args, spec) -> int:
     """Runs the job; returns the number of malformed records skipped."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from gen_keras import beam_inference, data
-    from gen_keras.config import UsageError
-
     if args.batch_size < 1:
         raise UsageError(f"--batch_size={args.batch_size} must be >= 1")
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
