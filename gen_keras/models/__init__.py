@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("vae", "autoencoder", "classifier", "gan", "pixelcnn", "pixelrnn")
+FAMILIES = ("vae", "autoencoder", "classifier", "gan", "pixelcnn", "pixelrnn", "semisupervised")
 
 
 def get(family: str):
