@@ -490,7 +490,7 @@ class SemiSupervisedData:
             )
             .repeat()
             .enumerate()
-            .map(self.data._preprocess(lab_seed, epoch), deterministic=True)
+            .map(self.data._preprocess(lab_seed, epoch))
             .batch(n_lab, drop_remainder=True)
         )
         ds = tf.data.Dataset.zip(labeled, unlabeled).map(

@@ -84,7 +84,14 @@ class Config:
 def small() -> Config:
     """A seconds-to-train variant for tests."""
     return Config(
-        labeled_per_batch=8, latent_dim=4, hidden=16, filters=4, features=16, cutout=4, alpha=20.0
+        labeled_per_batch=8,
+        latent_dim=4,
+        hidden=16,
+        filters=4,
+        features=16,
+        dropout=0.0,
+        cutout=4,
+        alpha=20.0,
     )
 
 
