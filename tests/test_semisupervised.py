@@ -112,6 +112,18 @@ def test_a_mixed_batch_adds_the_mean_unlabeled_bound_to_the_labeled_terms():
     np.testing.assert_allclose(float(terms["unlabeled_bound"]), bound[2:].mean(), rtol=1e-5)
 
 
+def test_the_supervised_baseline_learns_from_labels_only():
+    config = dataclasses.replace(m2.small(), method="supervised", weak_shift=0)
+    model = _model(config)
+    assert not hasattr(model, "decoder") and "consistency" not in model.trackers
+    x, seed = _batch(4)["image"], tf.constant([1, 1])
+    loss, _ = model.objective(x, tf.constant([2, 5, -1, -1]), seed)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits([2, 5], model(x)[:2])
+    np.testing.assert_allclose(float(loss), config.alpha * float(tf.reduce_mean(ce)), rtol=1e-5)
+    assert model.image_summaries(_batch(), seed) == {}
+    assert list(model.serving_functions()) == ["classify"]
+
+
 def test_labeled_subset_is_class_balanced_and_reproducible():
     labels = np.random.default_rng(0).integers(0, 10, 997)
     a = labeled_subset(labels, 7, seed=3)

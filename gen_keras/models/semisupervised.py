@@ -13,9 +13,10 @@ U is computed for all K labels at once (one decoder pass over K x batch rows). x
 binarized image with a Bernoulli p(x|y,z) for `method=m2`; for `method=m1m2` it is
 z1 ~ q(z1|image) of a frozen, pretrained gen_keras VAE (M1, loaded from its run
 directory) with a diagonal Gaussian p(z1|y,z2). `method=supervised` trains only q(y|x)
-on the labeled images: the honest baseline (same classifier, same augmentation).
+on the labeled images (weak shifts and dropout, as the labeled term of M2; no unlabeled
+term, `consistency` ignored): the honest baseline (same classifier, same augmentation).
 
-The recipe (documented in the README of the family, `trainers/semisupervised.py`): the
+The recipe (docs/semisupervised.md says what it reached and what was tried): the
 paper's M2 objective with a convolutional q(y|x) (the classifier family's convnet), small
 random shifts and dropout on the classifier's input/features, and the last term above, a
 FixMatch-style (Sohn et al. 2020) confidence-thresholded pseudo-label consistency between
@@ -184,7 +185,9 @@ class SemiSupervised(GenerativeModel):
         if self.generative:
             names += ["elbo", "unlabeled_bound", "distortion", "rate"]
         self.trackers = {name: keras.metrics.Mean(name) for name in names}
-        if config.consistency > 0:
+        # The supervised baseline uses labels only: no unlabeled term of any kind.
+        self.consistent = self.generative and config.consistency > 0
+        if self.consistent:
             for name in ("consistency", "confident"):
                 self.trackers[name] = keras.metrics.Mean(name)
 
@@ -314,7 +317,7 @@ class SemiSupervised(GenerativeModel):
             terms["distortion"] = masked_mean(pick(distortion_all), labeled)
             terms["rate"] = masked_mean(pick(rate_all), labeled)
             loss += -terms["elbo"] - terms["unlabeled_bound"]
-        if cfg.consistency > 0:
+        if self.consistent:
             strong = self.augment(x, rng.fold_in(seed, 5), cfg.strong_shift, cfg.cutout)
             strong_logits, _ = self.classify(strong, rng.fold_in(seed, 6))
             probs = tf.stop_gradient(tf.nn.softmax(logits))
@@ -359,7 +362,7 @@ class SemiSupervised(GenerativeModel):
             terms["distortion"] = tf.reduce_mean(pick(distortion_all))
             terms["rate"] = tf.reduce_mean(pick(rate_all))
             loss += -terms["elbo"]
-        if self.config.consistency > 0:
+        if self.consistent:
             terms["consistency"] = tf.constant(0.0)
             terms["confident"] = tf.reduce_mean(
                 tf.cast(
