@@ -419,6 +419,11 @@ def labeled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
+def split_labels(data: ImageData) -> np.ndarray:
+    """The labels of every example of a split, int64 [num_examples], in split order."""
+    return np.concatenate([ex["label"].numpy() for _, ex in data._base().batch(10_000)])
+
+
 class SemiSupervisedData:
     """Training batches that mix a labeled subset and the whole (unlabeled) split.
 
@@ -433,6 +438,7 @@ class SemiSupervisedData:
     training = True
 
     def __init__(self, data: ImageData, labeled_index: np.ndarray, labeled_per_batch: int):
+        """labeled_index: int [L] positions in the split of the labeled examples."""
         if not data.training:
             raise UsageError("SemiSupervisedData needs a training ImageData")
         self.data = data
@@ -447,8 +453,7 @@ class SemiSupervisedData:
     @classmethod
     def balanced(cls, data: ImageData, per_class: int, seed: int, labeled_per_batch: int):
         """`labeled_subset` of the split's labels, drawn with seed."""
-        labels = np.concatenate([ex["label"].numpy() for _, ex in data._base().batch(10_000)])
-        return cls(data, labeled_subset(labels, per_class, seed), labeled_per_batch)
+        return cls(data, labeled_subset(split_labels(data), per_class, seed), labeled_per_batch)
 
     def _labeled_base(self) -> tf.data.Dataset:
         if self._labeled is None:

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from gen_keras import summaries, train
 from gen_keras.config import DataConfig, TrainConfig, UsageError
-from gen_keras.data import ImageData, SemiSupervisedData
+from gen_keras.data import ImageData, SemiSupervisedData, split_labels
 from gen_keras.models import semisupervised
 
 LABELED_RECORD = "labeled_examples.json"
@@ -43,7 +43,7 @@ def labeled_data(model_config, data_config: DataConfig) -> SemiSupervisedData:
 
 def record_labeled(model_dir: str, data: SemiSupervisedData, split: str, seed: int) -> dict:
     """Writes (or checks against) <model_dir>/labeled_examples.json; returns the record."""
-    labels = np.concatenate([ex["label"].numpy() for _, ex in data.data._base().batch(10_000)])
+    labels = split_labels(data.data)
     index = data.labeled_index
     record = {
         "split": split,
