@@ -468,3 +468,117 @@ def load(
     if training is None:
         training = split.startswith("train")
     return ImageData(cfg, split, training)
+
+
+def labeled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices int64 [per_class * num_classes] into `labels`: `per_class` of every class.
+
+    A seeded draw without replacement (numpy default_rng(seed)), returned sorted: the same
+    labels and seed give the same images. Raises UsageError if a class has too few.
+    """
+    counts = np.bincount(labels)
+    classes = np.unique(labels)
+    short = [int(k) for k in classes if counts[k] < per_class]
+    if per_class <= 0 or short:
+        raise UsageError(
+            f"labels_per_class={per_class} must be > 0 and at most the smallest class "
+            f"({int(counts[classes].min())} images; short classes: {short})"
+        )
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == k), per_class, replace=False) for k in classes]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def split_labels(data: ImageData) -> np.ndarray:
+    """The labels of every example of a split, int64 [num_examples], in split order."""
+    return np.concatenate([ex["label"].numpy() for _, ex in data._base().batch(10_000)])
+
+
+class SemiSupervisedData:
+    """Training batches that mix a labeled subset and the whole (unlabeled) split.
+
+    Every global batch holds `labeled_per_batch` labeled examples first, then
+    `batch_size - labeled_per_batch` examples of the split with label -1 (unlabeled; the
+    labeled images are also in that pool, as in Kingma et al. 2014). An epoch is one pass
+    over the unlabeled pool; the labeled stream repeats, reshuffled, as often as it needs.
+    Like `ImageData`, batches are a pure function of (seed, epoch, position), so a resumed
+    run sees the batches it would have seen. Duck-types `ImageData` for `train.fit`.
+    """
+
+    training = True
+
+    def __init__(self, data: ImageData, labeled_index: np.ndarray, labeled_per_batch: int):
+        """labeled_index: int [L] positions in the split of the labeled examples."""
+        if not data.training:
+            raise UsageError("SemiSupervisedData needs a training ImageData")
+        self.data = data
+        self.spec = data.spec
+        self.num_examples = data.num_examples
+        self.labeled_index = np.asarray(labeled_index, np.int64)
+        self.labeled_per_batch = int(labeled_per_batch)
+        if self.labeled_per_batch <= 0:
+            raise UsageError(f"labeled_per_batch={labeled_per_batch} must be > 0")
+        self._labeled: tf.data.Dataset | None = None
+
+    @classmethod
+    def balanced(cls, data: ImageData, per_class: int, seed: int, labeled_per_batch: int):
+        """`labeled_subset` of the split's labels, drawn with seed."""
+        return cls(data, labeled_subset(split_labels(data), per_class, seed), labeled_per_batch)
+
+    def _labeled_base(self) -> tf.data.Dataset:
+        if self._labeled is None:
+            keep = tf.constant(self.labeled_index)
+            ds = self.data._base().filter(lambda i, _: tf.reduce_any(tf.equal(i, keep))).cache()
+            ds.reduce(np.int64(0), lambda n, _: n + 1)  # fill the cache in one pass
+            self._labeled = ds
+        return self._labeled
+
+    def dataset(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        skip: int = 0,
+        steps: int | None = None,
+        input_context: tf.distribute.InputContext | None = None,
+    ) -> tf.data.Dataset:
+        """Global batches {"image", "label"} (label -1: unlabeled), or replica slices."""
+        n_lab = self.labeled_per_batch
+        if batch_size <= n_lab:
+            raise UsageError(
+                f"batch_size={batch_size} must exceed labeled_per_batch={n_lab} (the rest of "
+                "every batch is unlabeled)"
+            )
+        unlabeled = self.data.dataset(batch_size - n_lab, seed=seed, epoch=epoch).map(
+            lambda b: {"image": b["image"], "label": tf.fill(tf.shape(b["label"]), -1)}
+        )
+        # Another stream seed for the labeled images, so their shuffles and dynamic
+        # binarization draws are not those of the unlabeled stream.
+        lab_seed = (seed * 7919 + 104_729) % (2**31)
+        labeled = (
+            self._labeled_base()
+            .shuffle(
+                len(self.labeled_index),
+                seed=(lab_seed * 1_000_003 + epoch) % (2**31),
+                reshuffle_each_iteration=True,
+            )
+            .repeat()
+            .enumerate()
+            .map(self.data._preprocess(lab_seed, epoch))
+            .batch(n_lab, drop_remainder=True)
+        )
+        ds = tf.data.Dataset.zip(labeled, unlabeled).map(
+            lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in ("image", "label")}
+        )
+        if skip:
+            ds = ds.skip(skip)
+        if steps is not None:
+            ds = ds.take(steps)
+        if input_context is not None:
+            ds = _replica_slices(ds, batch_size, input_context, True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        """Full batches in one pass over the unlabeled pool."""
+        return max(1, self.num_examples // (global_batch - self.labeled_per_batch))

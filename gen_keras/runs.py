@@ -28,6 +28,16 @@ def read_record(model_dir: str) -> dict:
         return json.load(f)
 
 
+def build(family: str, config, spec, learning_rate: float | None = None):
+    """models.get(family).build, with what the config names on disk loaded first (the
+    pretrained VAE of a semi-supervised M1+M2 model, `m1_from`)."""
+    module = models.get(family)
+    extra = {}
+    if getattr(config, "m1_from", ""):
+        extra["m1"] = restore_model(config.m1_from)[0]
+    return module.build(config, spec, learning_rate, **extra)
+
+
 def restore_model(model_dir: str):
     """Rebuilds a run's model from its record and restores its latest checkpoint.
 
@@ -36,7 +46,7 @@ def restore_model(model_dir: str):
     record = read_record(model_dir)
     family = models.get(record["family"])
     spec = DataSpec.from_json(record["spec"])
-    model = family.build(from_dict(family.Config, record["model"]), spec)
+    model = build(record["family"], from_dict(family.Config, record["model"]), spec)
     model.build_for_training(dummy_batch(spec))
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, step=step)

@@ -23,7 +23,7 @@ import time
 import keras
 import tensorflow as tf
 
-from gen_keras import callbacks, evaluation, models, rng, summaries, transfer
+from gen_keras import callbacks, evaluation, models, rng, runs, summaries, transfer
 from gen_keras import export as export_lib
 from gen_keras.config import DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
@@ -256,7 +256,7 @@ class _Run:
         self.model_dir = train_config.model_dir
         _check_record(self.model_dir, self.record)
         with self.strategy.scope():
-            self.model = self.family.build(model_config, self.spec, train_config.learning_rate)
+            self.model = runs.build(family, model_config, self.spec, train_config.learning_rate)
             self.model.build_for_training(dummy_batch(self.spec))
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -23,6 +23,7 @@ OUTPUTS = {
     "gan": lambda m, x: m.sample(tf.constant([[1, 2], [3, 4]])),
     "pixelcnn": lambda m, x: m.log_prob(x),
     "pixelrnn": lambda m, x: m.log_prob(x),
+    "semisupervised": lambda m, x: m(x),
 }
 
 

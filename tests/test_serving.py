@@ -203,6 +203,7 @@ FAMILY_SPECS = {  # a small data spec per family, and the signatures its export 
     "gan": (DataSpec((8, 12, 1), "float_symmetric", 10), {"sample", "generate"}),
     "pixelcnn": (DataSpec((8, 12, 1), "binary_static", 10), {"sample", "log_prob", "complete"}),
     "pixelrnn": (DataSpec((8, 12, 1), "binary_static", 10), {"sample", "log_prob", "complete"}),
+    "semisupervised": (DataSpec((8, 12, 1), "binary_static", 10), {"classify", "sample"}),
 }
 
 

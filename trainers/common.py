@@ -32,6 +32,12 @@ DEFAULTS = {
     ),
     "pixelcnn": (TrainConfig(epochs=1, batch_size=64, model_dir="runs/pixelcnn"), DataConfig()),
     "pixelrnn": (TrainConfig(epochs=1, batch_size=32, model_dir="runs/pixelrnn"), DataConfig()),
+    "semisupervised": (
+        TrainConfig(epochs=30, batch_size=128, model_dir="runs/semisupervised"),
+        DataConfig(
+            binarization="binary_dynamic", train_split="train[:50000]", eval_split="train[50000:]"
+        ),
+    ),
 }
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from gen_keras.config import UsageError, preset
 
 # Every family is imported here, so its model class is registered for keras.models.load_model.
-from gen_keras.models import autoencoder, classifier, gan, pixelcnn, pixelrnn, vae
+from gen_keras.models import (
+    autoencoder,
+    classifier,
+    gan,
+    pixelcnn,
+    pixelrnn,
+    semisupervised,
+    vae,
+)
 from gen_keras.models.base import dummy_batch
 
 _MODULES = {
@@ -19,6 +27,7 @@ _MODULES = {
     "gan": gan,
     "pixelcnn": pixelcnn,
     "pixelrnn": pixelrnn,
+    "semisupervised": semisupervised,
 }
 FAMILIES = tuple(_MODULES)
 
