@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gen_keras import contract, export, train
+from gen_keras import contract, export, runs
 from gen_keras.config import UsageError
 from gen_keras.data import DataSpec
 from gen_keras.models import autoencoder
@@ -390,7 +390,7 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
 def test_trainers_export_refuses_a_checkpoint_with_nan_weights(vae_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(vae_run.model_dir, run)
-    model, step = train.restore_model(str(run))
+    model, step = runs.restore_model(str(run))
     weight = model.trainable_variables[0]
     weight.assign(tf.where(tf.zeros_like(weight) == 0, np.inf, weight))
     ckpt = tf.train.Checkpoint(model=model, step=tf.Variable(step + 1, dtype=tf.int64))
