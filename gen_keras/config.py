@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 DATA_MODES = (
@@ -16,6 +17,9 @@ DATA_MODES = (
 )
 JIT_CHOICES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# TrainConfig fields that change what a run learns: a resume with other values is refused
+# unless allow_config_change names them (see gen_keras.train).
+LEARNING_FIELDS = ("batch_size", "learning_rate", "seed", "steps_per_epoch")
 
 
 class UsageError(ValueError):
@@ -36,6 +40,10 @@ def check_positive(name: str, value: float | int | None, allow_none: bool = Fals
     if value is None and allow_none:
         return
     check(value is not None and value > 0, f"{name}={value!r} must be > 0")
+
+
+def check_finite(name: str, value: float | None) -> None:
+    check(value is None or math.isfinite(value), f"{name}={value!r} must be a finite number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +84,16 @@ class TrainConfig:
     log_every_steps: int = 50
     num_summary_images: int = 64
     max_train_minutes: float | None = None  # stop training (then evaluate, export) after this
+    # On resume, the LEARNING_FIELDS whose change is meant (e.g. a lower learning_rate to
+    # fine-tune); any other change to them is refused. Allowed changes are appended to the
+    # run record's `history` with the step they took effect at.
+    allow_config_change: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "allow_config_change", tuple(self.allow_config_change))
+        for name in self.allow_config_change:
+            check_choice("allow_config_change", name, LEARNING_FIELDS)
+        check_finite("learning_rate", self.learning_rate)
         check_positive("batch_size", self.batch_size)
         check_positive("epochs", self.epochs)
         check_positive("steps_per_epoch", self.steps_per_epoch, allow_none=True)

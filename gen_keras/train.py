@@ -8,7 +8,22 @@ works the same under the default, mirrored, multi-worker and TPU strategies (Ker
 A run lives in `model_dir`: `config.json` (the run record), `checkpoints/`, TensorBoard
 logs in `train/` and `eval/`, sample grids as PNG in `samples/`, and `metrics.json`. A run
 restarted with the same command resumes from its last checkpoint, mid-epoch included, and
-sees exactly the batches and seeds it would have seen.
+sees exactly the batches and seeds it would have seen; `train_config.seed` also seeds the
+initial weights, so the same command and seed give the same run, bit for bit, on one machine.
+
+Faults the harness survives:
+- every usage error (flags, TF_CONFIG, data splits, a classifier path) is raised before
+  anything is written to `model_dir`;
+- a checkpoint is written only when every variable (model and optimizer slots) is finite;
+- restore scans the `ckpt-<step>.index` files (not the `checkpoint` state file, which a crash
+  or a user can leave stale or garbled), reads every tensor of the newest one (checksums and
+  finiteness), and falls back to the newest intact checkpoint, saying so in one line; the
+  damaged newer ones are moved to `checkpoints/damaged/`, so rotation never deletes an intact
+  checkpoint in their favour. With checkpoints on disk and none intact it stops
+  (TrainingError) rather than start again at step 0.
+- resuming with other values of the fields that change what is learned (`_LEARNING`) is
+  refused unless `train_config.allow_config_change` names them; allowed changes are appended
+  to the record's `history`.
 """
 
 from __future__ import annotations
@@ -17,20 +32,40 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from gen_keras import export as export_lib
 from gen_keras import models, rng, summaries
-from gen_keras.config import DataConfig, TrainConfig, UsageError, check, from_dict
+from gen_keras.config import (
+    LEARNING_FIELDS,
+    DataConfig,
+    TrainConfig,
+    UsageError,
+    check,
+    from_dict,
+)
 from gen_keras.data import DataSpec, ImageData
 
 RUN_RECORD = "config.json"
-# Fields that define what a run learns; a restart with other values would corrupt it.
-_IDENTITY = {"model": None, "data": ("dataset", "binarization", "train_split", "binarization_seed")}
+# Fields that define what a run learns; a restart with other values would corrupt it. Every
+# model field; these data fields; the train fields in LEARNING_FIELDS (which
+# allow_config_change may release). The other train fields (epochs, export, logging,
+# checkpointing, time budget, eval_steps, jit_compile, strategy) may change on any resume.
+_IDENTITY = {
+    "model": None,
+    "data": ("dataset", "binarization", "train_split", "binarization_seed"),
+    "train": LEARNING_FIELDS,
+}
+_CKPT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
+_CKPT_TEMP = re.compile(r"ckpt-\d+_temp")
 
 
 class TrainingError(RuntimeError):
@@ -96,17 +131,42 @@ class RunResult:
     model_dir: str
 
 
+def check_tf_config(strategy: str) -> None:
+    """TF_CONFIG, when set, must be a JSON object; multi_worker needs its cluster and task.
+
+    TensorFlow reads it lazily and fails deep inside (or, with one worker, ignores it): a
+    garbled value is a usage error, whatever the strategy.
+    """
+    text = os.environ.get("TF_CONFIG")
+    if text is None or not text.strip():
+        check(
+            strategy != "multi_worker",
+            "strategy=multi_worker needs TF_CONFIG (cluster and task) in the environment",
+        )
+        return
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"TF_CONFIG={text[:80]!r} is not JSON ({e}); fix or unset it") from None
+    check(
+        isinstance(value, dict),
+        f"TF_CONFIG={text[:80]!r} is not a JSON object with cluster and task; fix or unset it",
+    )
+    if strategy == "multi_worker":
+        check(
+            isinstance(value.get("cluster"), dict) and isinstance(value.get("task"), dict),
+            f"TF_CONFIG={text[:80]!r} needs 'cluster' and 'task' objects for strategy=multi_worker",
+        )
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """default | mirrored | multi_worker (reads TF_CONFIG) | tpu (TPUClusterResolver)."""
+    check_tf_config(name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        check(
-            "TF_CONFIG" in os.environ,
-            "strategy=multi_worker needs TF_CONFIG (cluster and task) in the environment",
-        )
         _configure_coordination()
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
@@ -185,26 +245,51 @@ def _dummy_batch(spec: DataSpec, n: int = 2) -> dict:
     return {"image": tf.zeros([n, *spec.shape]), "label": tf.zeros([n], tf.int32)}
 
 
-def _check_record(model_dir: str, record: dict) -> None:
-    """Refuses to resume a run whose model or data identity differs from this one."""
+def _read_record(model_dir: str) -> dict | None:
     path = os.path.join(model_dir, RUN_RECORD)
     if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    diffs = []
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"{path} is not a readable run record ({e}); use a new --model_dir"
+        ) from None
+
+
+def _check_record(old: dict | None, record: dict, model_dir: str, allowed=()) -> dict:
+    """Refuses to resume a run whose model, data or learning fields differ from this one.
+
+    Returns {"train.<field>": [old, new]} of the changes that `allowed` (field names of
+    LEARNING_FIELDS) lets through; any other difference raises UsageError.
+    """
+    if old is None:
+        return {}
+    diffs, changes = [], {}
     if old.get("family") != record["family"]:
         diffs.append(f"family {old.get('family')!r} -> {record['family']!r}")
     for section, fields in _IDENTITY.items():
         a, b = old.get(section, {}), record[section]
         for key in fields or sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
+            if a.get(key) == b.get(key):
+                continue
+            if section == "train" and key in allowed:
+                changes[f"{section}.{key}"] = [a.get(key), b.get(key)]
+            else:
                 diffs.append(f"{section}.{key} {a.get(key)!r} -> {b.get(key)!r}")
     if diffs:
+        learning = [d.split()[0][len("train.") :] for d in diffs if d.startswith("train.")]
+        hint = (
+            f", or --allow_config_change={','.join(learning)} if the change is meant"
+            if learning and len(learning) == len(diffs)
+            else ""
+        )
         raise UsageError(
             f"model_dir={model_dir} holds a run with another configuration "
-            f"({'; '.join(diffs)}); use a new --model_dir"
+            f"({'; '.join(diffs)}); use a new --model_dir{hint}"
         )
+    return changes
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -227,6 +312,139 @@ def _finite(logs: dict) -> str | None:
     for name, value in logs.items():
         if not math.isfinite(float(value)):
             return name
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _checkpoint_files(directory: str) -> dict[int, list[str]]:
+    """{step: paths of its ckpt-<step>.index and .data-* files} found in directory."""
+    found: dict[int, list[str]] = {}
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            match = _CKPT_FILE.fullmatch(name)
+            if match:
+                found.setdefault(int(match[1]), []).append(os.path.join(directory, name))
+    return found
+
+
+def _indexed_steps(directory: str) -> list[int]:
+    """Steps with a ckpt-<step>.index file, oldest first."""
+    return sorted(
+        n
+        for n, paths in _checkpoint_files(directory).items()
+        if any(p.endswith(".index") for p in paths)
+    )
+
+
+def _damage(prefix: str) -> str | None:
+    """Why the checkpoint at prefix cannot be trusted, or None when it is intact.
+
+    Reads every tensor: the bundle reader checks each against its stored checksum, so a
+    truncated, flipped or missing file shows here, not half-way through a restore; a
+    non-finite float tensor also disqualifies it (it would resume into NaN).
+    """
+    if not os.path.exists(prefix + ".index"):
+        return "no .index file"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name, dtype in sorted(reader.get_variable_to_dtype_map().items()):
+            value = reader.get_tensor(name)
+            if dtype.is_floating and not np.isfinite(value).all():
+                return f"{name} is not finite"
+    except (tf.errors.OpError, ValueError, OSError, RuntimeError) as e:
+        return _first_line(e)
+    return None
+
+
+def _restore_newest_intact(checkpoint, directory: str, partial: bool = False):
+    """Restores the newest intact checkpoint of directory into `checkpoint`.
+
+    Returns (its step, or None if the directory holds none, {step: why} of the newer ones
+    found damaged). Raises TrainingError when the directory holds checkpoints (an .index
+    file, or a `checkpoint` state file naming one) but none of them is intact: starting
+    again at step 0 would silently throw a run away.
+    """
+    files = _checkpoint_files(directory)
+    damaged: dict[int, str] = {}
+    for n in sorted(files, reverse=True):
+        prefix = os.path.join(directory, f"ckpt-{n}")
+        why = _damage(prefix)
+        if why is None:
+            try:
+                status = checkpoint.read(prefix)
+                if partial:
+                    status.expect_partial()
+                status.assert_existing_objects_matched()
+                return n, damaged
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                why = _first_line(e)
+        damaged[n] = why
+    if _indexed_steps(directory) or os.path.exists(os.path.join(directory, "checkpoint")):
+        listing = "; ".join(f"ckpt-{n}: {why}" for n, why in damaged.items())
+        raise TrainingError(
+            f"{directory} holds no intact checkpoint to resume from "
+            f"({listing or 'a checkpoint state file but no ckpt-<step>.index file'}); "
+            "move the directory away to start again, or put back a backup"
+        )
+    return None, damaged
+
+
+def _describe_damage(damaged: dict) -> str:
+    return ", ".join(f"ckpt-{n} ({why})" for n, why in sorted(damaged.items(), reverse=True))
+
+
+def _move_aside(directory: str, steps) -> str:
+    """Moves the files of the given checkpoint steps into directory/damaged/; returns it."""
+    target = os.path.join(directory, "damaged")
+    os.makedirs(target, exist_ok=True)
+    files = _checkpoint_files(directory)
+    for n in steps:
+        for path in files.get(n, []):
+            dest = os.path.join(target, os.path.basename(path))
+            k = 1
+            while os.path.exists(dest):
+                dest, k = os.path.join(target, f"{os.path.basename(path)}.{k}"), k + 1
+            os.replace(path, dest)
+    return target
+
+
+def _write_state(directory: str) -> None:
+    """The `checkpoint` state file that tf.train.latest_checkpoint reads, from the .index
+    files on disk (only other tools read it: restore scans the files itself)."""
+    steps = _indexed_steps(directory)
+    path = os.path.join(directory, "checkpoint")
+    if not steps:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    lines = [f'model_checkpoint_path: "ckpt-{steps[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "ckpt-{n}"' for n in steps]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _clean_temp(directory: str) -> None:
+    """Removes ckpt-<step>_temp directories, left by a save that was killed half-way."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if _CKPT_TEMP.fullmatch(name):
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _non_finite(variables) -> str | None:
+    """The path of the first variable holding a NaN or an infinity, or None."""
+    floating = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    if not floating or bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floating])):
+        return None
+    for v in floating:
+        if not bool(tf.reduce_all(tf.math.is_finite(v))):
+            return getattr(v, "path", v.name)
     return None
 
 
@@ -257,39 +475,80 @@ class _Run:
         self.spec: DataSpec = self.train_data.spec
         self.record = _record(family, model_config, data_config, train_config, self.spec)
         self.model_dir = train_config.model_dir
-        _check_record(self.model_dir, self.record)
+        self.old_record = _read_record(self.model_dir)
+        self.changes = _check_record(
+            self.old_record, self.record, self.model_dir, train_config.allow_config_change
+        )
+        keras.utils.set_random_seed(train_config.seed)  # the initial weights, reproducibly
         with self.strategy.scope():
             self.model = self.family.build(model_config, self.spec, train_config.learning_rate)
             self.model.build_for_training(_dummy_batch(self.spec))
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            optimizers = [opt for opt, _ in self.model.optimizer_variables()]
             self.checkpoint = tf.train.Checkpoint(
                 model=self.model,
                 step=self.step,
-                **{
-                    f"optimizer_{i}": opt
-                    for i, (opt, _) in enumerate(self.model.optimizer_variables())
-                },
+                **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)},
             )
+        self.variables = [self.step, *self.model.variables]
+        self.variables += [v for opt in optimizers for v in opt.variables]
         self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
-        directory, keep = self.checkpoint_dir, train_config.keep_checkpoints
+        self.save_dir, self.keep = self.checkpoint_dir, train_config.keep_checkpoints
         if not self.chief:
             # Saving is a collective op, so every worker saves; the others keep only their
             # latest checkpoint, in a hidden folder, and all restore from the chief's.
             task_id = self.strategy.cluster_resolver.task_id
-            directory, keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=keep, step_counter=self.step
-        )
+            self.save_dir, self.keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
+
+    def write_record(self, step: int) -> None:
+        """Writes config.json: this run's configuration, and the history of allowed changes."""
+        history = list((self.old_record or {}).get("history", []))
+        if self.changes:
+            history.append({"step": step, "changes": self.changes})
+        _write_json(os.path.join(self.model_dir, RUN_RECORD), {**self.record, "history": history})
 
     def restore(self) -> int:
-        """Restores the chief's latest checkpoint, if any; returns the step reached."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        """Restores the chief's newest intact checkpoint, if any; returns the step reached.
+
+        Damaged newer checkpoints are named in one warning and (by the chief) moved to
+        checkpoints/damaged/, so that saving and rotation never count them; leftovers of
+        killed saves are removed and the `checkpoint` state file is rewritten from the files.
+        """
+        step, damaged = _restore_newest_intact(self.checkpoint, self.checkpoint_dir)
+        moved = ""
+        if self.chief and damaged:
+            moved = f"; moved their files to {_move_aside(self.checkpoint_dir, damaged)}"
+        if self.chief or self.save_dir != self.checkpoint_dir:
+            _clean_temp(self.save_dir)
+            _write_state(self.save_dir)
+        if damaged:
+            resumed = f"resuming from ckpt-{step}" if step is not None else "starting at step 0"
+            logging.warning(
+                "damaged checkpoint %s in %s: %s instead%s",
+                _describe_damage(damaged),
+                self.checkpoint_dir,
+                resumed,
+                moved,
+            )
         return int(self.step.numpy())
 
     def save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
+        """Writes ckpt-<step> if every variable (optimizer slots too) is finite, then keeps
+        the newest keep_checkpoints; a non-finite variable raises TrainingError instead."""
+        bad = _non_finite(self.variables)
+        if bad is not None:
+            raise TrainingError(
+                f"variable {bad} is not finite at step {step}; stopped without saving it. "
+                f"The last good checkpoint is kept: {self.latest_checkpoint or 'none'}"
+            )
+        self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
+        steps = _indexed_steps(self.save_dir)
+        older = [n for n in steps if n < step]
+        files = _checkpoint_files(self.save_dir)
+        for n in older[: max(0, len(older) - (self.keep - 1))]:
+            for path in files[n]:
+                os.remove(path)
+        _write_state(self.save_dir)
 
     def barrier(self) -> None:
         """Blocks until every worker gets here (a no-op with one worker)."""
@@ -302,7 +561,9 @@ class _Run:
 
     @property
     def latest_checkpoint(self) -> str | None:
-        return tf.train.latest_checkpoint(self.checkpoint_dir)
+        """The chief's newest checkpoint on disk (every one written is finite)."""
+        steps = _indexed_steps(self.checkpoint_dir)
+        return os.path.join(self.checkpoint_dir, f"ckpt-{steps[-1]}") if steps else None
 
     def writer(self, name: str):
         """A TensorBoard writer on the chief; other workers write nothing."""
@@ -366,10 +627,12 @@ def fit(
     run = _Run(family, model_config, data_config, train_config, train_data, eval_data)
     cfg, model = run.train_config, run.model
     jit = use_xla(cfg.jit_compile, cfg.strategy)
+    model.prepare_metrics(run.eval_data)  # e.g. loads a classifier: usage errors come now
+    # Everything above only reads; from here on the run writes to model_dir.
+    step = run.restore()
     if run.chief:
         os.makedirs(run.model_dir, exist_ok=True)
-        _write_json(os.path.join(run.model_dir, RUN_RECORD), run.record)
-    step = run.restore()
+        run.write_record(step)
     loop = _Loop(run, jit, verbose if run.chief else 0)
     if step == 0:
         summaries.hparams(loop.train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
@@ -489,21 +752,29 @@ def _epoch_pictures(run, writer, batch, seed, epoch: int, step: int) -> None:
 
 
 def restore_model(model_dir: str):
-    """Rebuilds a run's model from its record and restores its latest checkpoint.
+    """Rebuilds a run's model from its record and restores its newest intact checkpoint.
 
-    Returns (model, step); needs no data, so a run can be exported anywhere.
+    Returns (model, step); needs no data, so a run can be exported anywhere. Reads only:
+    damaged newer checkpoints are skipped with a warning, not moved.
     """
     path = os.path.join(model_dir, RUN_RECORD)
     check(os.path.exists(path), f"model_dir={model_dir} has no {RUN_RECORD}: not a gen_keras run")
-    with open(path) as f:
-        record = json.load(f)
+    record = _read_record(model_dir)
     family = models.get(record["family"])
     spec = DataSpec.from_json(record["spec"])
+    keras.utils.set_random_seed(record.get("train", {}).get("seed", 0))
     model = family.build(from_dict(family.Config, record["model"]), spec, 1e-3)
     model.build_for_training(_dummy_batch(spec))
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, step=step)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    check(latest is not None, f"model_dir={model_dir} has no checkpoint to export")
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    directory = os.path.join(model_dir, "checkpoints")
+    restored, damaged = _restore_newest_intact(checkpoint, directory, partial=True)
+    check(restored is not None, f"model_dir={model_dir} has no checkpoint to export")
+    if damaged:
+        logging.warning(
+            "damaged checkpoint %s in %s: using ckpt-%d instead",
+            _describe_damage(damaged),
+            directory,
+            restored,
+        )
     return model, int(step.numpy())

@@ -67,6 +67,12 @@ def define_flags(train: TrainConfig, data: DataConfig | None = None) -> None:
     flags.DEFINE_integer(
         "log_every_steps", train.log_every_steps, "Scalar summaries every N steps."
     )
+    flags.DEFINE_list(
+        "allow_config_change",
+        list(train.allow_config_change),
+        "On resume, the learning fields whose change is meant (batch_size, learning_rate, "
+        "seed, steps_per_epoch); recorded in config.json's history.",
+    )
     flags.DEFINE_float(
         "max_train_minutes",
         train.max_train_minutes,

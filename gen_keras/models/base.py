@@ -54,6 +54,10 @@ class GenerativeModel(keras.Model):
         """{signature name: tf.function with an input_signature}; the first is the default."""
         raise NotImplementedError
 
+    def prepare_metrics(self, data) -> None:
+        """Loads what epoch_metrics/final_metrics need (e.g. a feature classifier) before a
+        run writes anything, so that a bad path is a usage error on an untouched model_dir."""
+
     def epoch_metrics(self, data, seed) -> dict:
         """Extra eval scalars after every epoch (e.g. FID on a subsample); {} by default.
 

@@ -362,6 +362,9 @@ class GAN(GenerativeModel):
             self._quality = metrics.SampleQuality(classifier, reference, data=data)
         return self._quality
 
+    def prepare_metrics(self, data) -> None:
+        self._sample_quality(data)
+
     def _quality_metrics(self, data, seed, n: int) -> dict:
         quality = self._sample_quality(data)
         if quality is None:
