@@ -355,7 +355,7 @@ def _damage(prefix: str) -> str | None:
             value = reader.get_tensor(name)
             if dtype.is_floating and not np.isfinite(value).all():
                 return f"{name} is not finite"
-    except (tf.errors.OpError, ValueError, OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - the reader raises many kinds; any one disqualifies
         return _first_line(e)
     return None
 
@@ -514,7 +514,13 @@ class _Run:
         checkpoints/damaged/, so that saving and rotation never count them; leftovers of
         killed saves are removed and the `checkpoint` state file is rewritten from the files.
         """
+        # A checkpoint holds each optimizer's learning rate: an allowed change must win.
+        optimizers = [opt for opt, _ in self.model.optimizer_variables()]
+        rates = [float(opt.learning_rate) for opt in optimizers]
         step, damaged = _restore_newest_intact(self.checkpoint, self.checkpoint_dir)
+        if "train.learning_rate" in self.changes:
+            for opt, rate in zip(optimizers, rates, strict=True):
+                opt.learning_rate = rate
         moved = ""
         if self.chief and damaged:
             moved = f"; moved their files to {_move_aside(self.checkpoint_dir, damaged)}"
