@@ -452,3 +452,47 @@ def test_an_allowed_change_is_applied_and_recorded_in_the_history(vae_run, mnist
     train._Run("vae", vae.small(), small_data(mnist_dir), dataclasses.replace(cfg, epochs=4))
     with pytest.raises(UsageError, match=r"train\.learning_rate 0\.001 -> 0\.003"):
         train._Run("vae", vae.small(), small_data(mnist_dir), small_train(tmp_path, epochs=4))
+
+
+def _trainer(mnist_dir, model_dir, *extra):
+    """The trainer command that continues the three_checkpoints run (same flags)."""
+    return [
+        sys.executable,
+        "-m",
+        "trainers.vae",
+        "--config=small",
+        f"--data_dir={mnist_dir}",
+        "--nodownload",
+        "--train_split=train[:512]",
+        "--eval_split=test[:256]",
+        "--batch_size=16",
+        "--steps_per_epoch=4",
+        "--eval_steps=2",
+        "--learning_rate=0.003",
+        "--noexport",
+        f"--model_dir={model_dir}",
+        *extra,
+    ]
+
+
+def test_the_trainer_resumes_past_a_corrupt_checkpoint_and_stops_when_none_is_intact(
+    three_checkpoints, mnist_dir, tmp_path
+):
+    ckpts = _copy_run(three_checkpoints, tmp_path)
+    _flip(ckpts / DATA)
+    cmd = _trainer(mnist_dir, tmp_path / "run", "--epochs=4")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "damaged checkpoint" in line]
+    assert len(warnings) == 1 and "ckpt-12" in warnings[0] and "ckpt-8" in warnings[0]
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 16
+    assert train._indexed_steps(str(ckpts)) == [8, 12, 16]  # 12 trained again, then 16
+
+    for step in (8, 12, 16):
+        _truncate(ckpts / f"ckpt-{step}.data-00000-of-00001")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "no intact checkpoint" in errors[0]
+    assert all(f"ckpt-{s}:" in errors[0] for s in (8, 12, 16))
