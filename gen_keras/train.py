@@ -524,9 +524,8 @@ class _Run:
         moved = ""
         if self.chief and damaged:
             moved = f"; moved their files to {_move_aside(self.checkpoint_dir, damaged)}"
-        if self.chief or self.save_dir != self.checkpoint_dir:
-            _clean_temp(self.save_dir)
-            _write_state(self.save_dir)
+        _clean_temp(self.save_dir)  # each worker tidies the directory it saves to
+        _write_state(self.save_dir)
         if damaged:
             resumed = f"resuming from ckpt-{step}" if step is not None else "starting at step 0"
             logging.warning(
