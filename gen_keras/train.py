@@ -21,9 +21,9 @@ Faults the harness survives:
   damaged newer ones are moved to `checkpoints/damaged/`, so rotation never deletes an intact
   checkpoint in their favour. With checkpoints on disk and none intact it stops
   (TrainingError) rather than start again at step 0.
-- resuming with other values of the fields that change what is learned (`_LEARNING`) is
-  refused unless `train_config.allow_config_change` names them; allowed changes are appended
-  to the record's `history`.
+- resuming with other values of the fields that change what is learned
+  (`config.LEARNING_FIELDS`) is refused unless `train_config.allow_config_change` names
+  them; allowed changes are appended to the record's `history`.
 """
 
 from __future__ import annotations
@@ -627,7 +627,9 @@ def fit(
     """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it.
 
     train_data/eval_data replace the splits named in data_config (e.g. TFRecords).
-    Raises TrainingError on a non-finite value and Preempted on SIGTERM (after saving).
+    Raises TrainingError on a non-finite loss or variable, or when checkpoints are on disk
+    but none is intact; Preempted on SIGTERM (after saving). Usage errors (UsageError) all
+    come before anything is written to model_dir.
     """
     run = _Run(family, model_config, data_config, train_config, train_data, eval_data)
     cfg, model = run.train_config, run.model

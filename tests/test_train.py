@@ -464,7 +464,7 @@ def _trainer(mnist_dir, model_dir, *extra):
         f"--data_dir={mnist_dir}",
         "--nodownload",
         "--train_split=train[:512]",
-        "--eval_split=test[:256]",
+        "--eval_split=test[:64]",  # not part of the run's identity: a cheaper final bound
         "--batch_size=16",
         "--steps_per_epoch=4",
         "--eval_steps=2",
@@ -480,19 +480,20 @@ def test_the_trainer_resumes_past_a_corrupt_checkpoint_and_stops_when_none_is_in
 ):
     ckpts = _copy_run(three_checkpoints, tmp_path)
     _flip(ckpts / DATA)
-    cmd = _trainer(mnist_dir, tmp_path / "run", "--epochs=4")
+    cmd = _trainer(mnist_dir, tmp_path / "run", "--epochs=3")
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     warnings = [line for line in result.stderr.splitlines() if "damaged checkpoint" in line]
     assert len(warnings) == 1 and "ckpt-12" in warnings[0] and "ckpt-8" in warnings[0]
-    assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 16
-    assert train._indexed_steps(str(ckpts)) == [8, 12, 16]  # 12 trained again, then 16
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 12
+    assert train._indexed_steps(str(ckpts)) == [4, 8, 12]  # steps 9-12 trained again
+    assert list((ckpts / "damaged").glob("ckpt-12.*"))
 
-    for step in (8, 12, 16):
+    for step in (4, 8, 12):
         _truncate(ckpts / f"ckpt-{step}.data-00000-of-00001")
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "no intact checkpoint" in errors[0]
-    assert all(f"ckpt-{s}:" in errors[0] for s in (8, 12, 16))
+    assert all(f"ckpt-{s}:" in errors[0] for s in (4, 8, 12))
