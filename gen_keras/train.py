@@ -515,12 +515,12 @@ class _Run:
         killed saves are removed and the `checkpoint` state file is rewritten from the files.
         """
         # A checkpoint holds each optimizer's learning rate: an allowed change must win.
-        optimizers = [opt for opt, _ in self.model.optimizer_variables()]
-        rates = [float(opt.learning_rate) for opt in optimizers]
+        new_rate = "train.learning_rate" in self.changes
+        optimizers = [opt for opt, _ in self.model.optimizer_variables()] if new_rate else []
+        rates = [float(tf.convert_to_tensor(opt.learning_rate)) for opt in optimizers]
         step, damaged = _restore_newest_intact(self.checkpoint, self.checkpoint_dir)
-        if "train.learning_rate" in self.changes:
-            for opt, rate in zip(optimizers, rates, strict=True):
-                opt.learning_rate = rate
+        for opt, rate in zip(optimizers, rates, strict=True):
+            opt.learning_rate = rate
         moved = ""
         if self.chief and damaged:
             moved = f"; moved their files to {_move_aside(self.checkpoint_dir, damaged)}"
