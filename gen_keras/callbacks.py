@@ -147,6 +147,10 @@ class SampleQuality(keras.callbacks.Callback):
             )
         return self._writer
 
+    def set_writer(self, writer) -> None:
+        """Where the note on the classifier goes (the harness's eval writer)."""
+        self._writer = writer
+
     def _write_text(self, text: str, step: int) -> None:
         with self.writer.as_default(step=step):
             tf.summary.text("sample_quality", text)

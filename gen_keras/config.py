@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any
 
 DATA_MODES = (
@@ -16,6 +17,9 @@ DATA_MODES = (
 )
 JIT_CHOICES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# TrainConfig fields that change what a run learns: a resume with other values is refused
+# unless allow_config_change names them (see gen_keras.train).
+LEARNING_FIELDS = ("batch_size", "learning_rate", "seed", "steps_per_epoch")
 
 
 class UsageError(ValueError):
@@ -71,6 +75,10 @@ def preset(module, name: str, **given):
         return fn()
     params = inspect.signature(fn).parameters
     return fn(**{k: v for k, v in given.items() if k in params})
+
+
+def check_finite(name: str, value: float | None) -> None:
+    check(value is None or math.isfinite(value), f"{name}={value!r} must be a finite number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +137,17 @@ class TrainConfig:
     max_train_minutes: float | None = hparam(
         None, "Stop training after this many minutes of this run, then evaluate and export."
     )
+    allow_config_change: tuple[str, ...] = hparam(
+        (),
+        "On resume, the learning fields whose change is meant (batch_size, learning_rate, "
+        "seed, steps_per_epoch); recorded in config.json's history.",
+    )
 
     def __post_init__(self):
+        object.__setattr__(self, "allow_config_change", tuple(self.allow_config_change))
+        for name in self.allow_config_change:
+            check_choice("allow_config_change", name, LEARNING_FIELDS)
+        check_finite("learning_rate", self.learning_rate)
         check_positive("batch_size", self.batch_size)
         check_positive("epochs", self.epochs)
         check_positive("steps_per_epoch", self.steps_per_epoch, allow_none=True)

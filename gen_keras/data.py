@@ -273,6 +273,8 @@ def _load_tfds(config: DataConfig, split: str):
                 f"split={split!r} is not a split of {config.dataset!r} "
                 f"({', '.join(builder.info.splits)}): {e}"
             ) from None
+        if num_examples == 0:  # TFDS raises deep inside as_dataset for an empty slice
+            raise UsageError(f"split={split!r} of {config.dataset!r} is empty")
     ds = builder.as_dataset(
         split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
     )

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from gen_keras import models
+from gen_keras.checkpoints import describe_damage, restore_newest_intact
 from gen_keras.config import UsageError, check, from_dict
 from gen_keras.data import DataSpec
 from gen_keras.export import versions
@@ -24,8 +27,11 @@ def read_record(model_dir: str) -> dict:
     """The run record (family, model/data/train configs, data spec) of a run directory."""
     path = os.path.join(model_dir, RUN_RECORD)
     check(os.path.exists(path), f"model_dir={model_dir} has no {RUN_RECORD}: not a gen_keras run")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable run record ({e})") from None
 
 
 def build(family: str, config, spec, learning_rate: float | None = None):
@@ -39,20 +45,29 @@ def build(family: str, config, spec, learning_rate: float | None = None):
 
 
 def restore_model(model_dir: str):
-    """Rebuilds a run's model from its record and restores its latest checkpoint.
+    """Rebuilds a run's model from its record and restores its newest intact checkpoint.
 
-    Returns (model, step); needs no data, so a run can be exported anywhere.
+    Returns (model, step); needs no data, so a run can be exported anywhere. Reads only:
+    damaged newer checkpoints are skipped with a warning, not moved.
     """
     record = read_record(model_dir)
     family = models.get(record["family"])
     spec = DataSpec.from_json(record["spec"])
+    keras.utils.set_random_seed(record.get("train", {}).get("seed", 0))
     model = build(record["family"], from_dict(family.Config, record["model"]), spec)
     model.build_for_training(dummy_batch(spec))
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, step=step)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    check(latest is not None, f"model_dir={model_dir} has no checkpoint to export")
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    directory = os.path.join(model_dir, "checkpoints")
+    restored, damaged = restore_newest_intact(checkpoint, directory, partial=True)
+    check(restored is not None, f"model_dir={model_dir} has no checkpoint to export")
+    if damaged:
+        logging.warning(
+            "damaged checkpoint %s in %s: using ckpt-%d instead",
+            describe_damage(damaged),
+            directory,
+            restored,
+        )
     return model, int(step.numpy())
 
 

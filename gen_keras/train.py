@@ -8,7 +8,22 @@ works the same under the default, mirrored, multi-worker and TPU strategies (Ker
 A run lives in `model_dir`: `config.json` (the run record), `checkpoints/`, TensorBoard
 logs in `train/` and `eval/`, sample grids as PNG in `samples/`, and `metrics.json`. A run
 restarted with the same command resumes from its last checkpoint, mid-epoch included, and
-sees exactly the batches and seeds it would have seen.
+sees exactly the batches and seeds it would have seen; `train_config.seed` also seeds the
+initial weights, so the same command and seed give the same run, bit for bit, on one machine.
+
+Faults the harness survives:
+- every usage error (flags, TF_CONFIG, data splits, a classifier path) is raised before
+  anything is written to `model_dir`;
+- a checkpoint is written only when every variable (model and optimizer slots) is finite;
+- restore scans the `ckpt-<step>.index` files (not the `checkpoint` state file, which a crash
+  or a user can leave stale or garbled), reads every tensor of the newest one (checksums and
+  finiteness), and falls back to the newest intact checkpoint, saying so in one line; the
+  damaged newer ones are moved to `checkpoints/damaged/`, so rotation never deletes an intact
+  checkpoint in their favour. With checkpoints on disk and none intact it stops
+  (TrainingError) rather than start again at step 0.
+- resuming with other values of the fields that change what is learned
+  (`config.LEARNING_FIELDS`) is refused unless `train_config.allow_config_change` names
+  them; allowed changes are appended to the record's `history`.
 """
 
 from __future__ import annotations
@@ -22,20 +37,35 @@ import time
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from gen_keras import callbacks, evaluation, models, rng, runs, summaries, transfer
 from gen_keras import export as export_lib
-from gen_keras.config import DataConfig, TrainConfig, UsageError, check
+from gen_keras.checkpoints import (
+    TrainingError,
+    checkpoint_files,
+    clean_temp,
+    describe_damage,
+    indexed_steps,
+    move_aside,
+    non_finite,
+    restore_newest_intact,
+    write_state,
+)
+from gen_keras.config import LEARNING_FIELDS, DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models.base import dummy_batch
 from gen_keras.runs import RUN_RECORD
 
-# Fields that define what a run learns; a restart with other values would corrupt it.
-_IDENTITY = {"model": None, "data": ("dataset", "binarization", "train_split", "binarization_seed")}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last checkpoint is intact."""
+# Fields that define what a run learns; a restart with other values would corrupt it. Every
+# model field; these data fields; the train fields in LEARNING_FIELDS (which
+# allow_config_change may release). The other train fields (epochs, export, logging,
+# checkpointing, time budget, eval_steps, jit_compile, strategy) may change on any resume.
+_IDENTITY = {
+    "model": None,
+    "data": ("dataset", "binarization", "train_split", "binarization_seed"),
+    "train": LEARNING_FIELDS,
+}
 
 
 class Preempted(RuntimeError):
@@ -97,17 +127,42 @@ class RunResult:
     model_dir: str
 
 
+def check_tf_config(strategy: str) -> None:
+    """TF_CONFIG, when set, must be a JSON object; multi_worker needs its cluster and task.
+
+    TensorFlow reads it lazily and fails deep inside (or, with one worker, ignores it): a
+    garbled value is a usage error, whatever the strategy.
+    """
+    text = os.environ.get("TF_CONFIG")
+    if text is None or not text.strip():
+        check(
+            strategy != "multi_worker",
+            "strategy=multi_worker needs TF_CONFIG (cluster and task) in the environment",
+        )
+        return
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"TF_CONFIG={text[:80]!r} is not JSON ({e}); fix or unset it") from None
+    check(
+        isinstance(value, dict),
+        f"TF_CONFIG={text[:80]!r} is not a JSON object with cluster and task; fix or unset it",
+    )
+    if strategy == "multi_worker":
+        check(
+            isinstance(value.get("cluster"), dict) and isinstance(value.get("task"), dict),
+            f"TF_CONFIG={text[:80]!r} needs 'cluster' and 'task' objects for strategy=multi_worker",
+        )
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """default | mirrored | multi_worker (reads TF_CONFIG) | tpu (TPUClusterResolver)."""
+    check_tf_config(name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        check(
-            "TF_CONFIG" in os.environ,
-            "strategy=multi_worker needs TF_CONFIG (cluster and task) in the environment",
-        )
         _configure_coordination()
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
@@ -182,26 +237,51 @@ def _record(family, model_config, data_config, train_config, spec) -> dict:
     }
 
 
-def _check_record(model_dir: str, record: dict) -> None:
-    """Refuses to resume a run whose model or data identity differs from this one."""
+def _read_record(model_dir: str) -> dict | None:
     path = os.path.join(model_dir, RUN_RECORD)
     if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    diffs = []
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"{path} is not a readable run record ({e}); use a new --model_dir"
+        ) from None
+
+
+def _check_record(old: dict | None, record: dict, model_dir: str, allowed=()) -> dict:
+    """Refuses to resume a run whose model, data or learning fields differ from this one.
+
+    Returns {"train.<field>": [old, new]} of the changes that `allowed` (field names of
+    LEARNING_FIELDS) lets through; any other difference raises UsageError.
+    """
+    if old is None:
+        return {}
+    diffs, changes = [], {}
     if old.get("family") != record["family"]:
         diffs.append(f"family {old.get('family')!r} -> {record['family']!r}")
     for section, fields in _IDENTITY.items():
         a, b = old.get(section, {}), record[section]
         for key in fields or sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
+            if a.get(key) == b.get(key):
+                continue
+            if section == "train" and key in allowed:
+                changes[f"{section}.{key}"] = [a.get(key), b.get(key)]
+            else:
                 diffs.append(f"{section}.{key} {a.get(key)!r} -> {b.get(key)!r}")
     if diffs:
+        learning = [d.split()[0][len("train.") :] for d in diffs if d.startswith("train.")]
+        hint = (
+            f", or --allow_config_change={','.join(learning)} if the change is meant"
+            if learning and len(learning) == len(diffs)
+            else ""
+        )
         raise UsageError(
             f"model_dir={model_dir} holds a run with another configuration "
-            f"({'; '.join(diffs)}); use a new --model_dir"
+            f"({'; '.join(diffs)}); use a new --model_dir{hint}"
         )
+    return changes
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -254,40 +334,86 @@ class _Run:
         self.spec: DataSpec = self.train_data.spec
         self.record = _record(family, model_config, data_config, train_config, self.spec)
         self.model_dir = train_config.model_dir
-        _check_record(self.model_dir, self.record)
+        self.old_record = _read_record(self.model_dir)
+        self.changes = _check_record(
+            self.old_record, self.record, self.model_dir, train_config.allow_config_change
+        )
+        keras.utils.set_random_seed(train_config.seed)  # the initial weights, reproducibly
         with self.strategy.scope():
             self.model = runs.build(family, model_config, self.spec, train_config.learning_rate)
             self.model.build_for_training(dummy_batch(self.spec))
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            optimizers = [opt for opt, _ in self.model.optimizer_variables()]
             self.checkpoint = tf.train.Checkpoint(
                 model=self.model,
                 step=self.step,
-                **{
-                    f"optimizer_{i}": opt
-                    for i, (opt, _) in enumerate(self.model.optimizer_variables())
-                },
+                **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)},
             )
+        self.variables = [self.step, *self.model.variables]
+        self.variables += [v for opt in optimizers for v in opt.variables]
         self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
-        directory, keep = self.checkpoint_dir, train_config.keep_checkpoints
+        self.save_dir, self.keep = self.checkpoint_dir, train_config.keep_checkpoints
         if not self.chief:
             # Saving is a collective op, so every worker saves; the others keep only their
             # latest checkpoint, in a hidden folder, and all restore from the chief's.
             task_id = self.strategy.cluster_resolver.task_id
-            directory, keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=keep, step_counter=self.step
-        )
+            self.save_dir, self.keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
+
+    def write_record(self, step: int) -> None:
+        """Writes config.json: this run's configuration, and the history of allowed changes."""
+        history = list((self.old_record or {}).get("history", []))
+        if self.changes:
+            history.append({"step": step, "changes": self.changes})
+        _write_json(os.path.join(self.model_dir, RUN_RECORD), {**self.record, "history": history})
 
     def restore(self) -> int:
-        """Restores the chief's latest checkpoint, if any; returns the step reached."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        """Restores the chief's newest intact checkpoint, if any; returns the step reached.
+
+        Damaged newer checkpoints are named in one warning and (by the chief) moved to
+        checkpoints/damaged/, so that saving and rotation never count them; leftovers of
+        killed saves are removed and the `checkpoint` state file is rewritten from the files.
+        """
+        # A checkpoint holds each optimizer's learning rate: an allowed change must win.
+        new_rate = "train.learning_rate" in self.changes
+        optimizers = [opt for opt, _ in self.model.optimizer_variables()] if new_rate else []
+        rates = [float(tf.convert_to_tensor(opt.learning_rate)) for opt in optimizers]
+        step, damaged = restore_newest_intact(self.checkpoint, self.checkpoint_dir)
+        for opt, rate in zip(optimizers, rates, strict=True):
+            opt.learning_rate = rate
+        moved = ""
+        if self.chief and damaged:
+            moved = f"; moved their files to {move_aside(self.checkpoint_dir, damaged)}"
+        clean_temp(self.save_dir)  # each worker tidies the directory it saves to
+        write_state(self.save_dir)
+        if damaged:
+            resumed = f"resuming from ckpt-{step}" if step is not None else "starting at step 0"
+            logging.warning(
+                "damaged checkpoint %s in %s: %s instead%s",
+                describe_damage(damaged),
+                self.checkpoint_dir,
+                resumed,
+                moved,
+            )
         return int(self.step.numpy())
 
     def save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
+        """Writes ckpt-<step> if every variable (optimizer slots too) is finite, then keeps
+        the newest keep_checkpoints; a non-finite variable raises TrainingError instead."""
+        bad = non_finite(self.variables)
+        if bad is not None:
+            raise TrainingError(
+                f"variable {bad} is not finite at step {step}; stopped without saving it. "
+                f"The last good checkpoint is kept: {self.latest_checkpoint or 'none'}"
+            )
+        self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
+        steps = indexed_steps(self.save_dir)
+        older = [n for n in steps if n < step]
+        files = checkpoint_files(self.save_dir)
+        for n in older[: max(0, len(older) - (self.keep - 1))]:
+            for path in files[n]:
+                os.remove(path)
+        write_state(self.save_dir)
 
     def barrier(self) -> None:
         """Blocks until every worker gets here (a no-op with one worker)."""
@@ -300,7 +426,9 @@ class _Run:
 
     @property
     def latest_checkpoint(self) -> str | None:
-        return tf.train.latest_checkpoint(self.checkpoint_dir)
+        """The chief's newest checkpoint on disk (every one written is finite)."""
+        steps = indexed_steps(self.checkpoint_dir)
+        return os.path.join(self.checkpoint_dir, f"ckpt-{steps[-1]}") if steps else None
 
     def writer(self, name: str):
         """A TensorBoard writer on the chief; other workers write nothing."""
@@ -359,16 +487,28 @@ def fit(
     """Trains (or resumes) a run to train_config.epochs; evaluates; exports; returns it.
 
     train_data/eval_data replace the splits named in data_config (e.g. TFRecords).
-    Raises TrainingError on a non-finite value and Preempted on SIGTERM (after saving).
+    Raises TrainingError on a non-finite loss or variable, or when checkpoints are on disk
+    but none is intact; Preempted on SIGTERM (after saving). Usage errors (UsageError) all
+    come before anything is written to model_dir.
     """
     run = _Run(family, model_config, data_config, train_config, train_data, eval_data)
     cfg, model = run.train_config, run.model
     jit = use_xla(cfg.jit_compile, cfg.strategy)
+    quality = None
+    if hasattr(model.config, "classifier"):  # samplers scored under a classifier
+        quality = callbacks.SampleQuality(
+            model.config.classifier,
+            run.eval_data,
+            num_samples=model.config.fid_samples,
+            seed=(cfg.seed % (2**31), 2),
+        )
+        _ = quality.quality  # loads the classifier now: a bad path is a usage error here
+    # Everything above only reads; from here on the run writes to model_dir.
+    step = run.restore()
     if run.chief:
         os.makedirs(run.model_dir, exist_ok=True)
-        _write_json(os.path.join(run.model_dir, RUN_RECORD), run.record)
-    step = run.restore()
-    loop = _Loop(run, jit, verbose if run.chief else 0)
+        run.write_record(step)
+    loop = _Loop(run, jit, verbose if run.chief else 0, quality)
     if step == 0:
         summaries.hparams(loop.train_writer, {**_flatten(run.record), "xla": jit}, run.model_dir)
     eval_logs: dict = {}
@@ -397,7 +537,7 @@ def fit(
 class _Loop:
     """The per-epoch work of fit: steps, checks, summaries, evaluation, checkpoints."""
 
-    def __init__(self, run: _Run, jit: bool, verbose: int):
+    def __init__(self, run: _Run, jit: bool, verbose: int, quality=None):
         cfg = run.train_config
         self.run, self.cfg, self.jit, self.verbose = run, cfg, jit, verbose
         self.steps_per_epoch = cfg.steps_per_epoch or run.train_data.steps_per_epoch(cfg.batch_size)
@@ -414,16 +554,10 @@ class _Loop:
                 writer=self.eval_writer,
             )
         ]
-        self.quality = None
-        if hasattr(run.model.config, "classifier"):  # samplers scored under a classifier
-            self.quality = callbacks.SampleQuality(
-                run.model.config.classifier,
-                run.eval_data,
-                num_samples=run.model.config.fid_samples,
-                seed=(seed, 2),
-                writer=self.eval_writer,
-            )
-            self.callbacks.insert(0, self.quality)
+        self.quality = quality
+        if quality is not None:
+            quality.set_writer(self.eval_writer)
+            self.callbacks.insert(0, quality)
         for callback in self.callbacks:
             callback.set_model(run.model)
         self.train = _step_function(run, run.model.train_step, jit)

@@ -6,12 +6,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
 
 from gen_keras import data as data_lib  # noqa: E402
 from gen_keras.config import DataConfig, TrainConfig  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from one seed (weights built without an explicit seed included), so
+    the suite gives the same verdict on any machine and in any order."""
+    keras.utils.set_random_seed(0)
 
 
 def shared_tfds_dir() -> str:

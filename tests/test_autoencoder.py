@@ -4,6 +4,7 @@ on mock data, TensorBoard reconstruction grids, and the export through the TF1 l
 import math
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,6 +122,7 @@ def test_reconstruction_loss_falls_on_mock_data(mnist_dir, monkeypatch):
     with tfds.testing.mock_data(num_examples=64, max_value=50, data_dir=mnist_dir):
         data = ImageData(DataConfig(data_dir=mnist_dir), "train", training=True)
         batches = list(data.dataset(32, steps=2))
+    keras.utils.set_random_seed(0)  # the initial weights
     model = autoencoder.build(autoencoder.small(), data.spec, 1e-2)
     model.build_for_training(batches[0])
     step = tf.function(model.train_step)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -186,8 +187,12 @@ def test_the_wgan_gp_step_compiles_with_xla_and_repeats_from_its_seed():
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("loss", ["non_saturating", "wgan_gp"])
-def test_training_on_real_digits_moves_samples_toward_the_data(loss, mnist_dir):
+# Steps: over 10 weight seeds, 40 non-saturating steps left the gap ratio anywhere in
+# 0.26-0.81 (G still on its way, oscillating against D: an unseeded run failed 0.6 at 0.61);
+# after 80 steps every seed was at 0.01-0.22. wgan_gp (3 D steps per step) was at 0.06-0.27
+# after 40.
+@pytest.mark.parametrize("loss, steps", [("non_saturating", 80), ("wgan_gp", 40)])
+def test_training_on_real_digits_moves_samples_toward_the_data(loss, steps, mnist_dir):
     data = ImageData(
         DataConfig(data_dir=mnist_dir, binarization="float_symmetric", download=False),
         "train[:512]",
@@ -196,17 +201,18 @@ def test_training_on_real_digits_moves_samples_toward_the_data(loss, mnist_dir):
     batches = list(data.dataset(30, steps=8))
     real_mean = float(tf.reduce_mean(tf.concat([b["image"] for b in batches], 0)))  # ~ -0.75
     config = gan.Config(loss=loss, latent_dim=8, filters=4, n_critic=3 if loss == "wgan_gp" else 1)
+    keras.utils.set_random_seed(0)
     model = gan.build(config, data.spec, 3e-3)
     model.build_for_training(batches[0])
     step = tf.function(model.train_step)
     seeds = rng.row_seeds(tf.constant([9, 9]), 256)
     gap = lambda: abs(float(tf.reduce_mean(model.sample(seeds))) - real_mean)  # noqa: E731
     start = gap()
-    for i in range(40):
+    for i in range(steps):
         step(dict(batches[i % 8], seed=tf.constant([i, 0])))
-    # measured: 0.75 -> 0.33 (non_saturating), 0.23 (wgan_gp); a step that ascends or
-    # leaves G alone stays near 0.75
-    assert gap() < 0.6 * start, (start, gap())
+    # measured with seed 0: 0.75 -> 0.07 (non_saturating), 0.17 (wgan_gp); a step that
+    # ascends or leaves G alone stays near 0.75 (ratio ~1), a working one is below 0.3
+    assert gap() < 0.5 * start, (start, gap())
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """The harness: run layout, TensorBoard events read back, resume, kill -9, NaN stop, XLA."""
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,7 +17,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from gen_keras import runs, train
+from gen_keras import checkpoints, runs, train
 from gen_keras.config import TrainConfig, UsageError
 from gen_keras.models import vae
 from tests.conftest import REPO, small_data, small_train
@@ -263,3 +265,235 @@ def test_sigterm_saves_the_current_step_and_a_rerun_loses_nothing(mnist_dir, tmp
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert step % 300 == 0 or f"resumed at step {step}" in rerun.stdout
     assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 600
+
+
+# Checkpoint faults: a run with ckpt-4, ckpt-8 and ckpt-12 on disk, its newest one damaged.
+CKPT_FLAGS = dict(batch_size=16, epochs=3, steps_per_epoch=4, eval_steps=2, export=False)
+DATA = "ckpt-12.data-00000-of-00001"
+
+
+def _truncate(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def _flip(path):
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        middle = len(data) // 2
+        data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+        f.seek(0)
+        f.write(data)
+
+
+DAMAGE = {
+    "truncated_data": lambda d: _truncate(d / DATA),
+    "flipped_data": lambda d: _flip(d / DATA),
+    "truncated_index": lambda d: _truncate(d / "ckpt-12.index"),
+    "deleted_data": lambda d: os.remove(d / DATA),
+    "deleted_index": lambda d: os.remove(d / "ckpt-12.index"),
+}
+STATE_FILES = {
+    "garbage_state": b"\x00\xff model_checkpoint_path: {{{ not a proto",
+    "dangling_state": b'model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99"\n',
+}
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(mnist_dir, tmp_path_factory):
+    """A small VAE run, 3 epochs of 4 steps: ckpt-4, ckpt-8, ckpt-12."""
+    tmp = tmp_path_factory.mktemp("three_checkpoints")
+    train.fit("vae", vae.small(), small_data(mnist_dir), small_train(tmp, **CKPT_FLAGS), verbose=0)
+    assert checkpoints.indexed_steps(str(tmp / "run" / "checkpoints")) == [4, 8, 12]
+    return tmp / "run"
+
+
+def _copy_run(source, tmp_path):
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run" / "checkpoints"
+
+
+def _resume_run(mnist_dir, tmp_path, **kw):
+    return train._Run("vae", vae.small(), small_data(mnist_dir), small_train(tmp_path, **kw))
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(
+    damage, three_checkpoints, mnist_dir, tmp_path, caplog
+):
+    ckpts = _copy_run(three_checkpoints, tmp_path)
+    DAMAGE[damage](ckpts)
+    (ckpts / "ckpt-13_temp").mkdir()  # what a save killed half-way leaves
+    (ckpts / "ckpt-13_temp" / "part-00000-of-00001.index").write_bytes(b"partial")
+    run = _resume_run(mnist_dir, tmp_path, **CKPT_FLAGS)
+    with caplog.at_level("WARNING"):
+        assert run.restore() == 8
+    warnings = [r.getMessage() for r in caplog.records if "damaged checkpoint" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "ckpt-12" in warnings[0] and "resuming from ckpt-8" in warnings[0]
+    # the intact ones are all still there; the damaged one is set aside, not deleted
+    assert checkpoints.indexed_steps(str(ckpts)) == [4, 8]
+    for step in (4, 8):
+        assert (ckpts / f"ckpt-{step}.data-00000-of-00001").exists()
+    assert not list(ckpts.glob("ckpt-12.*")) and list((ckpts / "damaged").glob("ckpt-12.*"))
+    assert not (ckpts / "ckpt-13_temp").exists()
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-8")  # state file rewritten
+    fresh = _resume_run(mnist_dir, tmp_path / "fresh", **CKPT_FLAGS)
+    fresh.checkpoint.read(str(ckpts / "ckpt-8")).assert_existing_objects_matched()
+    for a, b in zip(run.model.get_weights(), fresh.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # ckpt-8's weights, not a mixture with ckpt-12's
+
+
+@pytest.mark.parametrize("state", sorted(STATE_FILES))
+def test_a_garbled_or_dangling_state_file_still_resumes_the_newest_checkpoint(
+    state, three_checkpoints, mnist_dir, tmp_path
+):
+    ckpts = _copy_run(three_checkpoints, tmp_path)
+    (ckpts / "checkpoint").write_bytes(STATE_FILES[state])
+    run = _resume_run(mnist_dir, tmp_path, **CKPT_FLAGS)
+    assert run.restore() == 12
+    assert checkpoints.indexed_steps(str(ckpts)) == [4, 8, 12] and not (ckpts / "damaged").exists()
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-12")
+
+
+def test_no_intact_checkpoint_stops_with_one_line_naming_them(three_checkpoints, tmp_path):
+    ckpts = _copy_run(three_checkpoints, tmp_path)
+    for step in (4, 8, 12):
+        _flip(ckpts / f"ckpt-{step}.data-00000-of-00001")
+    before = sorted(p.name for p in ckpts.iterdir())
+    model, _ = runs.restore_model(str(three_checkpoints))  # the intact original restores
+    with pytest.raises(train.TrainingError, match=r"no intact checkpoint") as error:
+        checkpoints.restore_newest_intact(tf.train.Checkpoint(model=model), str(ckpts), True)
+    message = str(error.value)
+    assert "\n" not in message and all(f"ckpt-{s}:" in message for s in (4, 8, 12))
+    assert sorted(p.name for p in ckpts.iterdir()) == before  # nothing moved or deleted
+    for name in before:  # a state file without any checkpoint is no fresh start either
+        if name != "checkpoint":
+            os.remove(ckpts / name)
+    with pytest.raises(train.TrainingError, match=r"no ckpt-<step>.index file"):
+        checkpoints.restore_newest_intact(tf.train.Checkpoint(model=model), str(ckpts), True)
+
+
+def test_a_diverging_run_keeps_only_finite_checkpoints_and_a_rerun_resumes_from_one(
+    mnist_dir, tmp_path
+):
+    """learning_rate=500: Adam's second moments overflow while the loss is still finite."""
+    cfg = small_train(tmp_path, learning_rate=500.0, checkpoint_every_steps=1, export=True)
+    errors = []
+    for _ in range(2):  # the rerun resumes from the kept checkpoint and diverges the same way
+        with pytest.raises(train.TrainingError, match=r"is not finite at step") as error:
+            train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
+        errors.append(str(error.value))
+    failed = [int(re.search(r"at step (\d+)", e)[1]) for e in errors]
+    kept = [int(re.search(r"kept: .*ckpt-(\d+)$", e)[1]) for e in errors]
+    assert failed[0] == failed[1] and kept == [failed[0] - 1] * 2, errors
+    ckpts = os.path.join(cfg.model_dir, "checkpoints")
+    assert checkpoints.indexed_steps(ckpts)[-1] == kept[0]
+    for step in checkpoints.indexed_steps(ckpts):  # every tensor of every checkpoint is finite
+        assert train._damage(os.path.join(ckpts, f"ckpt-{step}")) is None
+    model, step = runs.restore_model(cfg.model_dir)
+    assert step == kept[0] and all(np.isfinite(w).all() for w in model.get_weights())
+    assert not os.path.exists(cfg.export_dir)
+
+
+def test_the_seed_fixes_the_initial_weights_and_the_whole_run(mnist_dir, tmp_path):
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+
+    def initial(seed, name):
+        cfg = small_train(tmp_path / name, seed=seed)
+        return train._Run("vae", vae.small(), data, cfg).model.get_weights()
+
+    a, b, c = initial(7, "a"), initial(7, "b"), initial(8, "c")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+    def run(name):
+        cfg = small_train(tmp_path / name, seed=7, epochs=1, steps_per_epoch=3, export=False)
+        return train.fit("vae", vae.small(), data, cfg, verbose=0)
+
+    first, second = run("d"), run("e")  # data order and noise as well as the weights
+    assert first.final_metrics == second.final_metrics and first.eval_logs == second.eval_logs
+    for x, y in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("learning_rate", 1e-3), ("batch_size", 16), ("seed", 1), ("steps_per_epoch", 5)],
+)
+def test_resuming_with_another_learning_field_is_refused(
+    field, value, vae_run, mnist_dir, tmp_path
+):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    record = (tmp_path / "run" / "config.json").read_bytes()
+    old = json.loads(record)["train"][field]
+    cfg = small_train(tmp_path, epochs=3, **{field: value})
+    with pytest.raises(UsageError, match=rf"train\.{field} {old!r} -> {value!r}") as error:
+        train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
+    assert f"--allow_config_change={field}" in str(error.value)
+    assert (tmp_path / "run" / "config.json").read_bytes() == record  # nothing rewritten
+
+
+def test_an_allowed_change_is_applied_and_recorded_in_the_history(vae_run, mnist_dir, tmp_path):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    cfg = small_train(
+        tmp_path, epochs=3, learning_rate=1e-3, allow_config_change=["learning_rate"], export=False
+    )
+    result = train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
+    assert result.step == 18
+    record = json.load(open(tmp_path / "run" / "config.json"))
+    assert record["train"]["learning_rate"] == 1e-3
+    assert record["history"] == [{"step": 12, "changes": {"train.learning_rate": [3e-3, 1e-3]}}]
+    for opt, _ in result.model.optimizer_variables():  # the new rate is the one trained with
+        assert float(opt.learning_rate) == pytest.approx(1e-3)
+    # the new rate is now the run's own; going back to the old one is another change
+    train._Run("vae", vae.small(), small_data(mnist_dir), dataclasses.replace(cfg, epochs=4))
+    with pytest.raises(UsageError, match=r"train\.learning_rate 0\.001 -> 0\.003"):
+        train._Run("vae", vae.small(), small_data(mnist_dir), small_train(tmp_path, epochs=4))
+
+
+def _trainer(mnist_dir, model_dir, *extra):
+    """The trainer command that continues the three_checkpoints run (same flags)."""
+    return [
+        sys.executable,
+        "-m",
+        "trainers.vae",
+        "--config=small",
+        f"--data_dir={mnist_dir}",
+        "--nodownload",
+        "--train_split=train[:512]",
+        "--eval_split=test[:64]",  # not part of the run's identity: a cheaper final bound
+        "--batch_size=16",
+        "--steps_per_epoch=4",
+        "--eval_steps=2",
+        "--learning_rate=0.003",
+        "--noexport",
+        f"--model_dir={model_dir}",
+        *extra,
+    ]
+
+
+def test_the_trainer_resumes_past_a_corrupt_checkpoint_and_stops_when_none_is_intact(
+    three_checkpoints, mnist_dir, tmp_path
+):
+    ckpts = _copy_run(three_checkpoints, tmp_path)
+    _flip(ckpts / DATA)
+    cmd = _trainer(mnist_dir, tmp_path / "run", "--epochs=3")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if "damaged checkpoint" in line]
+    assert len(warnings) == 1 and "ckpt-12" in warnings[0] and "ckpt-8" in warnings[0]
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["step"] == 12
+    assert checkpoints.indexed_steps(str(ckpts)) == [4, 8, 12]  # steps 9-12 trained again
+    assert list((ckpts / "damaged").glob("ckpt-12.*"))
+
+    for step in (4, 8, 12):
+        _truncate(ckpts / f"ckpt-{step}.data-00000-of-00001")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "no intact checkpoint" in errors[0]
+    assert all(f"ckpt-{s}:" in errors[0] for s in (4, 8, 12))

@@ -1,8 +1,9 @@
-"""Entry points: usage errors exit 2 with one line, offline data errors, IDX runs, --help;
-every trainer's flags derive from the Config dataclasses."""
+"""Entry points: usage errors exit 2 with one line and write nothing, offline data errors,
+IDX runs, --help; every trainer's flags derive from the Config dataclasses."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -14,13 +15,14 @@ from gen_keras.models import pixelcnn
 from tests.conftest import REPO
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=300, family="vae", env=None):
     return subprocess.run(
-        [sys.executable, "-m", "trainers.vae", *args],
+        [sys.executable, "-m", f"trainers.{family}", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -39,10 +41,37 @@ def _one_line_error(result, text):
         (["--batch_size=0"], "batch_size=0 must be > 0"),
         (["--epochs=-1"], "epochs=-1 must be > 0"),
         (["--likelihood=categorical"], "does not fit binarization='binary_static'"),
+        (["--learning_rate=inf"], "learning_rate=inf must be a finite number"),
+        (["--learning_rate=nan"], "learning_rate=nan must be a finite number"),
+        (["--eval_split=test[:0]"], "split='test[:0]' of 'mnist' is empty"),
+        (["--allow_config_change=epochs"], "allow_config_change='epochs' is not one of"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(args, text, tmp_path):
+def test_usage_errors_exit_2_with_one_line_and_write_nothing(args, text, tmp_path):
     _one_line_error(_run(*args, f"--model_dir={tmp_path}/run", "--nodownload"), text)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["notjson", "[1, 2]"])
+def test_a_garbled_tf_config_exits_2_with_one_line(value, tmp_path):
+    result = _run(f"--model_dir={tmp_path}/run", "--nodownload", env={"TF_CONFIG": value})
+    _one_line_error(result, f"TF_CONFIG={value!r}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_classifier_path_exits_2_and_writes_nothing(tmp_path):
+    """The classifier is loaded before the run writes its record (it used to write
+    config.json first, and the corrected command was then refused as another config)."""
+    args = [
+        "--config=small",
+        "--train_split=train[:64]",
+        "--eval_split=test[:32]",
+        "--nodownload",
+        f"--model_dir={tmp_path}/run",
+    ]
+    result = _run(*args, "--classifier=/nonexistent", family="gan")
+    _one_line_error(result, "classifier='/nonexistent' is neither a classifier export")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_offline_is_one_clear_line(tmp_path):

@@ -39,7 +39,12 @@ DEFAULTS = {
         ),
     ),
 }
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+_DEFINE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    tuple: lambda name, default, help_text: flags.DEFINE_list(name, list(default), help_text),
+}
 
 
 def flag_kinds(cls) -> dict[str, tuple[type, tuple]]:
@@ -47,7 +52,11 @@ def flag_kinds(cls) -> dict[str, tuple[type, tuple]]:
     hints = typing.get_type_hints(cls)
     out = {}
     for field in dataclasses.fields(cls):
-        kinds = typing.get_args(hints[field.name]) or (hints[field.name],)
+        hint = hints[field.name]
+        if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a comma-separated list
+            out[field.name] = (tuple, field.metadata.get("choices", ()))
+            continue
+        kinds = typing.get_args(hint) or (hint,)
         kinds = [t for t in kinds if t is not type(None)]
         if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
             raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {hints[field.name]}")
