@@ -96,7 +96,7 @@ def restore_newest_intact(checkpoint, directory: str, partial: bool = False):
     return None, damaged
 
 
-def describedamage(damaged: dict) -> str:
+def describe_damage(damaged: dict) -> str:
     return ", ".join(f"ckpt-{n} ({why})" for n, why in sorted(damaged.items(), reverse=True))
 
 
