@@ -493,7 +493,7 @@ def labeled_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 def split_labels(data: ImageData) -> np.ndarray:
     """The labels of every example of a split, int64 [num_examples], in split order."""
-    return np.concatenate([ex["label"].numpy() for _, ex in data._base().batch(10_000)])
+    return np.concatenate([ex["label"].numpy() for ex in data._base().batch(10_000)])
 
 
 class SemiSupervisedData:
@@ -530,7 +530,13 @@ class SemiSupervisedData:
     def _labeled_base(self) -> tf.data.Dataset:
         if self._labeled is None:
             keep = tf.constant(self.labeled_index)
-            ds = self.data._base().filter(lambda i, _: tf.reduce_any(tf.equal(i, keep))).cache()
+            ds = (
+                self.data._base()
+                .enumerate()
+                .filter(lambda i, _: tf.reduce_any(tf.equal(i, keep)))
+                .map(lambda _, example: example)
+                .cache()
+            )
             ds.reduce(np.int64(0), lambda n, _: n + 1)  # fill the cache in one pass
             self._labeled = ds
         return self._labeled
@@ -552,7 +558,8 @@ class SemiSupervisedData:
                 f"batch_size={batch_size} must exceed labeled_per_batch={n_lab} (the rest of "
                 "every batch is unlabeled)"
             )
-        unlabeled = self.data.dataset(batch_size - n_lab, seed=seed, epoch=epoch).map(
+        passes = None if steps is None else skip + steps  # the harness: repeat, then take
+        unlabeled = self.data.dataset(batch_size - n_lab, seed=seed, epoch=epoch, steps=passes).map(
             lambda b: {"image": b["image"], "label": tf.fill(tf.shape(b["label"]), -1)}
         )
         # Another stream seed for the labeled images, so their shuffles and dynamic

@@ -7,7 +7,7 @@ M2 is a VAE with a discrete label y beside the continuous latent z:
     labeled   L(x, y) = E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z))   (ELBO)
     unlabeled U(x)    = sum_y q(y|x) L(x, y) + H(q(y|x))                             (y summed out)
     loss = mean_l[-L(x, y)] + mean_u[-U(x)] + alpha * mean_l[-log q(y|x)]
-           + consistency * mean_u[1{max q(y|x_weak) >= threshold} * -log q(y_hat | x_strong)]
+           + consistency * mean_u[1{max q(y|x_weak) >= confidence} * -log q(y_hat | x_strong)]
 
 U is computed for all K labels at once (one decoder pass over K x batch rows). x is the
 binarized image with a Bernoulli p(x|y,z) for `method=m2`; for `method=m1m2` it is
@@ -62,7 +62,7 @@ class Config:
     dropout: float = hparam(0.5, "Dropout on q(y|x)'s features, in training only.")
     alpha: float = hparam(50.0, "Weight of -log q(y|x) per labeled image (vs nats per image).")
     consistency: float = hparam(50.0, "Weight of the pseudo-label term (0: the paper's M2).")
-    threshold: float = hparam(0.95, "Confidence a weak-view prediction needs to be a target.")
+    confidence: float = hparam(0.95, "Confidence a weak-view prediction needs to be a target.")
     weak_shift: int = hparam(1, "Pixels of random shift of the view q(y|x) trains on.")
     strong_shift: int = hparam(3, "Pixels of random shift of the consistency view.")
     cutout: int = hparam(10, "Side of the zeroed square of the consistency view (0: none).")
@@ -77,7 +77,7 @@ class Config:
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         check(self.alpha >= 0, f"alpha={self.alpha} must be >= 0")
         check(self.consistency >= 0, f"consistency={self.consistency} must be >= 0")
-        check(0.0 < self.threshold <= 1.0, f"threshold={self.threshold} must be in (0, 1]")
+        check(0.0 < self.confidence <= 1.0, f"confidence={self.confidence} must be in (0, 1]")
         for name in ("weak_shift", "strong_shift", "cutout"):
             check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         check(
@@ -325,7 +325,7 @@ class SemiSupervised(GenerativeModel):
             strong = self.augment(x, rng.fold_in(seed, 5), cfg.strong_shift, cfg.cutout)
             strong_logits, _ = self.classify(strong, rng.fold_in(seed, 6))
             probs = tf.stop_gradient(tf.nn.softmax(logits))
-            confident = tf.cast(tf.reduce_max(probs, -1) >= cfg.threshold, tf.float32)
+            confident = tf.cast(tf.reduce_max(probs, -1) >= cfg.confidence, tf.float32)
             target = tf.argmax(probs, -1, output_type=tf.int32)
             pseudo = tf.nn.sparse_softmax_cross_entropy_with_logits(target, strong_logits)
             terms["consistency"] = masked_mean(pseudo * confident, unlabeled)
@@ -370,7 +370,7 @@ class SemiSupervised(GenerativeModel):
             terms["consistency"] = tf.constant(0.0)
             terms["confident"] = tf.reduce_mean(
                 tf.cast(
-                    tf.reduce_max(tf.nn.softmax(logits), -1) >= self.config.threshold, "float32"
+                    tf.reduce_max(tf.nn.softmax(logits), -1) >= self.config.confidence, "float32"
                 )
             )
         return self._track(loss, terms)
