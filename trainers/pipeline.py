@@ -20,12 +20,14 @@ from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError
 from gen_keras.pipeline import runner
 from trainers import common
 
-MODULES = [models.get(name) for name in models.FAMILIES]
+# The semi-supervised family trains on a labeled subset of its own (trainers.semisupervised).
+FAMILIES = tuple(f for f in models.FAMILIES if f != "semisupervised")
+MODULES = [models.get(name) for name in FAMILIES]
 SCHEDULE = TrainConfig(epochs=1, steps_per_epoch=500)
 common.define_config_flags(DataConfig())
 common.define_config_flags(SCHEDULE)
 common.define_union_model_flags(MODULES)
-flags.DEFINE_enum("model", "vae", list(models.FAMILIES), "Model family.")
+flags.DEFINE_enum("model", "vae", list(FAMILIES), "Model family.")
 flags.DEFINE_enum("config", "small", list(PRESETS), "Model preset (default: the trainer's).")
 flags.DEFINE_string("pipeline_root", None, "Artifacts and metadata (default pipelines/<model>).")
 flags.DEFINE_integer("eval_examples", 2000, "Eval examples for the Evaluator (0: all).")
