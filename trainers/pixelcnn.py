@@ -31,6 +31,13 @@ flags.DEFINE_integer("layers", 6, "Gated layers or residual blocks.")
 flags.DEFINE_integer("kernel_size", 3, "Kernel of the blocks (odd).")
 flags.DEFINE_integer("first_kernel_size", 7, "Kernel of the first, mask-A layer (odd).")
 flags.DEFINE_integer("output_hidden", 32, "Channels of the output layer and gated skips.")
+flags.DEFINE_integer("skip_channels", 0, "Gated: channels of the skips (0: output_hidden).")
+flags.DEFINE_enum(
+    "vertical",
+    "square",
+    list(pixelcnn.VERTICALS),
+    "Gated vertical stack: square (2016b) or split (pytorch-generative).",
+)
 flags.DEFINE_bool("conditional", False, "Condition every block on the class label.")
 FLAGS = flags.FLAGS
 
