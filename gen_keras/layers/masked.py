@@ -135,7 +135,8 @@ class MaskedConv2D(keras.layers.Layer):
             padding=[[0, 0], [self.kernel_rows - 1, 0], [self.left, self.right], [0, 0]],
         )
         # BiasAdd, not a broadcast add: grappler fuses it into the conv and its gradient
-        # is BiasAddGrad, not a generic reduction (training ~1.3x faster, measured)
+        # is BiasAddGrad, not a generic reduction (PixelCNN training 1.3x faster, batch 64,
+        # measured under load)
         return out if self.bias is None else tf.nn.bias_add(out, self.bias)
 
     # -- cached sampling -----------------------------------------------------------------
