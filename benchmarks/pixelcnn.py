@@ -10,6 +10,11 @@ quality (static binarized MNIST unless --binarization says otherwise):
   trains --arch/--config for about --minutes on this machine with the shared harness,
   then reports the exact test NLL (nats per image, bits/dim) over the whole test split.
 
+`--config=reproduce` is pytorch-generative's network for --arch (see
+`pixelcnn.reproduce`); its training step is timed against the peer's side by side with
+  python -m benchmarks.pixelcnn --task=speed --arch=pixelcnn --config=reproduce \\
+      --train_batches=256,64 --xla=false --sampling=false
+
 Examples (the exact commands behind benchmarks/results.md (PixelCNN)):
   python -m benchmarks.pixelcnn --task=speed --arch=gated
   python -m benchmarks.pixelcnn --task=speed --arch=pixelcnn --reference_rows=4
@@ -28,6 +33,7 @@ import platform
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags
@@ -45,9 +51,11 @@ flags.DEFINE_enum("likelihood", "auto", list(pixelcnn.LIKELIHOODS), "Pixel likel
 flags.DEFINE_string("binarization", "binary_static", "Data mode (binary_static or uint8).")
 flags.DEFINE_list("batch_sizes", ["16", "100"], "speed: sampling batch sizes.")
 flags.DEFINE_integer("reference_rows", 0, "speed: rows of the reference to time (0: all).")
-flags.DEFINE_integer("train_batch", 64, "speed: training batch size.")
+flags.DEFINE_list("train_batches", ["64"], "speed: training batch sizes.")
 flags.DEFINE_integer("train_steps", 10, "speed: timed training steps per XLA setting.")
 flags.DEFINE_bool("xla", True, "speed: also time everything with XLA.")
+flags.DEFINE_bool("bf16", False, "speed: train under keras mixed_bfloat16.")
+flags.DEFINE_bool("sampling", True, "speed: also time the samplers.")
 flags.DEFINE_float("minutes", 60.0, "quality: training budget in minutes.")
 flags.DEFINE_integer("batch_size", 64, "quality: training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "quality: Adam learning rate.")
@@ -84,20 +92,23 @@ def _timed(fn, *args, repeats=1):
 
 def speed() -> dict:
     spec = DataSpec((28, 28, 1), FLAGS.binarization, 10)
+    if FLAGS.bf16:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = pixelcnn.build(_config(), spec, 1e-3)
-    batch = {
-        "image": _images(spec, FLAGS.train_batch),
-        "label": tf.zeros([FLAGS.train_batch], tf.int32),
-    }
-    model.build_for_training(batch)
+    model.build_for_training({"image": _images(spec, 2), "label": tf.zeros([2], tf.int32)})
     result = {"params": model.count_params(), "train": {}, "sample": {}}
-    for jit in (False, True) if FLAGS.xla else (False,):
-        step = tf.function(model.train_step, jit_compile=jit)
-        data = dict(batch, seed=tf.constant([0, 0]))
-        step(data)
-        seconds, _ = _timed(step, data, repeats=FLAGS.train_steps)
-        result["train"]["xla" if jit else "graph"] = FLAGS.train_batch / seconds
-        print(f"train {'xla' if jit else 'graph'}: {FLAGS.train_batch / seconds:.1f} images/s")
+    for n in (int(b) for b in FLAGS.train_batches):
+        batch = {"image": _images(spec, n), "label": tf.zeros([n], tf.int32)}
+        for jit in (False, True) if FLAGS.xla else (False,):
+            mode = ("xla" if jit else "graph") + ("_bf16" if FLAGS.bf16 else "")
+            step = tf.function(model.train_step, jit_compile=jit)
+            data = dict(batch, seed=tf.constant([0, 0]))
+            step(data)
+            seconds, _ = _timed(step, data, repeats=FLAGS.train_steps)
+            result["train"][f"{mode}_batch_{n}"] = n / seconds
+            print(f"train {mode} batch {n}: {n / seconds:.1f} images/s")
+    if not FLAGS.sampling:
+        return result
 
     height = spec.shape[0]
     rows = FLAGS.reference_rows or height

@@ -18,12 +18,15 @@ from gen_keras import data as data_lib
 from gen_keras import train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
+from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.models import autoregressive, pixelcnn
 from tests.conftest import REPO, small_data, small_train
 from tests.test_export import STATEFUL_RNG, Served
 
 BINARY = DataSpec((5, 7, 1), "binary_static", 10)  # distinct sizes: a swapped axis fails
 COLOUR = DataSpec((5, 7, 3), "uint8", 10)
+# the gated net with pytorch-generative's split vertical convs is tested as a third arch
+ARCHS = (*pixelcnn.ARCHS, "gated_split")
 HEADS = [
     ("bernoulli", BINARY),
     ("bernoulli", DataSpec((5, 7, 2), "binary_static", 10)),
@@ -42,6 +45,8 @@ def _config(arch, likelihood="auto", **kw):
         output_hidden=6,
         num_mixtures=2,
     )
+    if arch == "gated_split":
+        fields.update(arch="gated", vertical="split", skip_channels=12)
     fields.update(kw)
     return pixelcnn.Config(**fields)
 
@@ -93,6 +98,32 @@ def test_parameter_counts():
     assert _model(_config("gated", **small), spec).count_params() == 74 + 100 + 25
 
 
+def _unmasked_params(model):
+    """Trainable weights a mask does not zero (MaskedConv2D stores a few masked taps)."""
+    masked = sum(
+        int((layer._mask == 0).sum())
+        for layer in model._flatten_layers()
+        if isinstance(layer, MaskedConv2D) and layer._mask is not None
+    )
+    return model.count_params() - masked
+
+
+def test_reproduce_presets_are_pytorch_generative_networks():
+    """The expected counts are the peer's own: its reproduce() models built with torch
+    2.13 (pytorch-generative at its GitHub HEAD, 2026-11), counting parameters not zeroed
+    by CausalConv2d's mask (PixelCNN: 53,569 stored, 16,160 of them masked out) and, for
+    the Gated PixelCNN (3,364,161 stored), leaving out its last layer's vertical 1x1 and
+    horizontal residual (33,024 + 16,512), which receive no gradient: their outputs feed
+    nothing. A spec, not a metric."""
+    spec = DataSpec((28, 28, 1), "binary_static", 10)
+    expected = {"pixelcnn": 53_569 - 16_160, "gated": 3_364_161 - 33_024 - 16_512}
+    for arch, count in expected.items():
+        model = pixelcnn.PixelCNN(spec, pixelcnn.reproduce(arch))
+        model(tf.zeros([1, 28, 28, 1]))
+        assert _unmasked_params(model) == count, arch
+        assert len(model.blocks) == {"pixelcnn": 15, "gated": 11}[arch]
+
+
 def test_configuration_errors_are_usage_errors():
     with pytest.raises(UsageError, match="does not fit binarization"):
         pixelcnn.build(pixelcnn.Config(likelihood="categorical"), BINARY, 1e-3)
@@ -102,6 +133,8 @@ def test_configuration_errors_are_usage_errors():
         pixelcnn.Config(kernel_size=4)
     with pytest.raises(UsageError, match="arch='lstm' is not one of"):
         pixelcnn.Config(arch="lstm")
+    with pytest.raises(UsageError, match="vertical='tall' is not one of"):
+        pixelcnn.Config(vertical="tall")
     with pytest.raises(UsageError, match="must be a binary mode or 'uint8'"):
         pixelcnn.build(pixelcnn.Config(), DataSpec((5, 7, 1), "float", 10), 1e-3)
 
@@ -144,7 +177,7 @@ def _earlier(spec, groups):
     return allowed
 
 
-@pytest.mark.parametrize("arch", pixelcnn.ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("likelihood, spec", HEADS, ids=lambda v: getattr(v, "mode", v))
 def test_gradients_wrt_later_pixels_and_subpixels_are_exactly_zero(arch, likelihood, spec):
     model = _model(_config(arch, likelihood, layers=3), spec)
@@ -173,6 +206,13 @@ def test_gated_pixelcnn_sees_every_earlier_pixel_and_pixelcnn_has_a_blind_spot()
     # (4, 0) never sees (3, 2..6): the blind spot of stacked masked 3x3 convs
     assert np.all(jac[4, 0, 0, 3, 2:] == 0.0)
     assert np.all(jac[4, 0, 0, 3, :2] != 0.0)
+    # pytorch-generative's split vertical stack reaches row i - 1 only up to column
+    # j + k//2 however deep (its vertical output at row i - 1 sees that row through 1x1s
+    # only); checked on the peer itself with torch: d out(1, 0) / d x(0, 2) == 0
+    split = _model(_config("gated_split", **deep), BINARY)
+    jac = _group_jacobian(split, BINARY, features=True)[:, :, 0, :, :, 0]
+    assert np.all(jac[1, 0, 0, 2:] == 0.0) and np.all(jac[1, 0, 0, :2] != 0.0)
+    assert np.all(jac[4, 6, :4] != 0.0)  # every earlier row is seen in full further right
 
 
 # -- normalisation ---------------------------------------------------------------------------
@@ -183,7 +223,7 @@ def _total_probability(model, images, chunk=4096):
     return float(tf.reduce_logsumexp(tf.concat(logs, 0)))
 
 
-@pytest.mark.parametrize("arch", pixelcnn.ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("shape", [(3, 4, 1), (2, 2, 3)])
 def test_probabilities_of_all_binary_images_sum_to_one(arch, shape):
     spec = DataSpec(shape, "binary_static", 10)
@@ -209,7 +249,7 @@ def test_probabilities_of_all_8bit_two_channel_pixels_sum_to_one(likelihood):
 # -- sampling ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", pixelcnn.ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize(
     "likelihood, spec", [HEADS[0], HEADS[2], HEADS[3]], ids=lambda v: getattr(v, "mode", v)
 )

@@ -37,10 +37,11 @@ import tensorflow as tf
 
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import LIKELIHOODS, make_head, resolve_likelihood
-from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock
+from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock, SplitGatedBlock
 from gen_keras.models.autoregressive import AutoregressiveModel
 
 ARCHS = ("pixelcnn", "gated")
+VERTICALS = ("square", "split")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,19 @@ class Config:
     kernel_size: int = hparam(3, "Block kernels, odd: kxk (gated: vertical kxk, horizontal 1xk).")
     first_kernel_size: int = hparam(7, "Kernel of the first, mask-A layer (odd).")
     output_hidden: int = hparam(32, "Channels of the 1x1 output layer (and of gated skips).")
+    skip_channels: int = hparam(0, "Gated: channels of the skips (0: output_hidden).")
+    vertical: str = hparam(
+        "square",
+        "Gated vertical stack: square = a kxk conv over the rows above (2016b); split = a 1xk "
+        "conv, then a (k//2 + 1)x1 conv over the rows above plus a 1x1 from the same row "
+        "(pytorch-generative's GatedPixelCNNLayer).",
+        VERTICALS,
+    )
     conditional: bool = hparam(False, "Class-label bias in every block.")
 
     def __post_init__(self):
         check_fields(self)
+        check(self.skip_channels >= 0, f"skip_channels={self.skip_channels} must be >= 0")
         for name in ("num_mixtures", "hidden", "layers", "output_hidden"):
             check_positive(name, getattr(self, name))
         for name in ("kernel_size", "first_kernel_size"):
@@ -76,16 +86,27 @@ def small() -> Config:
 
 
 def reproduce(arch: str = "pixelcnn") -> Config:
-    """MNIST configurations that reach about 81.5 nats in the literature.
+    """pytorch-generative's MNIST configurations (its `reproduce()` functions), exactly.
 
-    pixelcnn: 15 residual blocks of 16 features (8 inside), 32 output channels, the
-    configuration of pytorch-generative's PixelCNN (81.45 nats, dynamic binarization);
-    the PixelRNN paper reports 81.30 (static). gated: 10 gated layers of 128 channels, 32
-    output channels (pytorch-generative: 81.50).
+    pixelcnn: a 7x7 mask-A conv to 32 channels, 15 residual blocks (32 -> 16 -> 3x3 mask B
+    -> 32), a 1x1 head of 32 channels (81.45 nats there, dynamic binarization; the
+    PixelRNN paper reports 81.30 static). Its 37,409 unmasked weights are the peer's; the
+    peer adds each residual twice (`x + layer(x)` around a block that already returns
+    `x + f(x)`), a bug not copied here. gated: its input layer (7x7) and 10 gated layers
+    of 128 channels with split vertical convs, 128-channel skips and a 32-channel head
+    (81.50 nats there); the peer's last layer also holds a vertical 1x1 and a horizontal
+    residual whose outputs nothing reads, which are not built here.
     """
     if arch == "gated":
-        return Config(arch="gated", hidden=128, layers=10, output_hidden=32)
-    return Config(arch="pixelcnn", hidden=8, layers=15, output_hidden=32)
+        return Config(
+            arch="gated",
+            hidden=128,
+            layers=11,
+            output_hidden=32,
+            skip_channels=128,
+            vertical="split",
+        )
+    return Config(arch="pixelcnn", hidden=16, layers=15, output_hidden=32)
 
 
 @keras.saving.register_keras_serializable(package="gen_keras")
@@ -103,7 +124,7 @@ class PixelCNN(AutoregressiveModel):
         self.head = make_head(name, config.num_mixtures)
         groups = 1 if self.head.joint_channels else c
         self.groups = groups
-        for field in ("hidden", "output_hidden"):
+        for field in ("hidden", "output_hidden", "skip_channels"):
             value = getattr(config, field)
             check(
                 value % groups == 0,
@@ -120,10 +141,11 @@ class PixelCNN(AutoregressiveModel):
                 for i in range(config.layers)
             ]
         else:
+            block = GatedBlock if config.vertical == "square" else SplitGatedBlock
             self.blocks = [
-                GatedBlock(
+                block(
                     hid,
-                    config.output_hidden,
+                    config.skip_channels or config.output_hidden,
                     k0 if i == 0 else k,
                     groups,
                     classes,
@@ -156,7 +178,10 @@ class PixelCNN(AutoregressiveModel):
             for block in self.blocks:
                 features = block(features, label)
             return features
-        v = tf.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]  # rows < i only
+        if self.config.vertical == "split":
+            v = x  # the block's own (k//2 + 1)x1 conv looks at the rows above only
+        else:
+            v = tf.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]  # rows < i only
         h, features = x, 0.0
         for block in self.blocks:
             v, h, skip = block(v, h, label)
@@ -172,6 +197,8 @@ class PixelCNN(AutoregressiveModel):
         """The cached sampler's stepper (see gen_keras.sampling) for this network."""
         if self.config.arch == "pixelcnn":
             return _PixelCNNStepper(self, label)
+        if self.config.vertical == "split":
+            return _SplitGatedStepper(self, label)
         return _GatedStepper(self, label)
 
 
@@ -347,3 +374,41 @@ class _GatedStepper(_Stepper):
 
     def end_row(self, state, x, i):
         return state
+
+
+class _SplitGatedStepper(_GatedStepper):
+    """Cached Gated PixelCNN with split vertical convs: per layer a ring of the last
+    k//2 + 1 rows of u (its 1xk vertical conv); a row's vertical outputs need the whole
+    row, so they are computed when it ends, for the rows below."""
+
+    def init(self, x):
+        batch = tf.shape(x)[0]
+        blocks = self.m.blocks
+        rings = [tf.zeros([batch, b.v_col.rows_before, self.width, b.channels]) for b in blocks]
+        pre = [tf.zeros([batch, self.width, 2 * b.channels]) for b in blocks]
+        return {"rings": rings, "pre": pre, **self._row_state(batch)}
+
+    def start_row(self, state, x, i):
+        contexts, pre = [], []
+        for block, ring, (_, bias_h) in zip(
+            self.m.blocks, state["rings"], self.label_bias, strict=True
+        ):
+            p, context = block.row_context(ring, bias_h)
+            pre.append(p)
+            contexts.append(context)
+        return {
+            **state,
+            **self._row_state(tf.shape(x)[0]),
+            "pre": pre,
+            "context": self._merge(contexts),
+        }
+
+    def end_row(self, state, x, i):
+        v = self.m.scaled(tf.gather(x, i, axis=1))  # the first layer's vertical input row
+        rings = []
+        for block, ring, pre, (bias_v, _) in zip(
+            self.m.blocks, state["rings"], state["pre"], self.label_bias, strict=True
+        ):
+            u, v = block.row_end(v, pre, bias_v)
+            rings.append(tf.concat([ring[:, 1:], u[:, None]], axis=1))
+        return {**state, "rings": rings}
