@@ -17,6 +17,11 @@ from absl import logging
 from gen_keras import metrics, rng, runs, summaries
 
 
+def _writer(log_dir):
+    """A TensorBoard writer for log_dir, or one that writes nothing."""
+    return tf.summary.create_file_writer(log_dir) if log_dir else tf.summary.create_noop_writer()
+
+
 def _step(epoch: int, logs) -> int:
     return int((logs or {}).get("step", epoch + 1))
 
@@ -37,11 +42,7 @@ class Pictures(keras.callbacks.Callback):
     @property
     def writer(self):
         if self._writer is None:
-            self._writer = (
-                tf.summary.create_file_writer(self.log_dir)
-                if self.log_dir
-                else tf.summary.create_noop_writer()
-            )
+            self._writer = _writer(self.log_dir)
         return self._writer
 
     def on_epoch_end(self, epoch, logs=None):
@@ -140,11 +141,7 @@ class SampleQuality(keras.callbacks.Callback):
     @property
     def writer(self):
         if self._writer is None:
-            self._writer = (
-                tf.summary.create_file_writer(self.log_dir)
-                if self.log_dir
-                else tf.summary.create_noop_writer()
-            )
+            self._writer = _writer(self.log_dir)
         return self._writer
 
     def set_writer(self, writer) -> None:

@@ -31,6 +31,21 @@ def replica_mean(per_example) -> tf.Tensor:
     return tf.reduce_mean(per_example) / n
 
 
+def classification_scores(logits, label) -> dict:
+    """Per example [B]: 1.0 where the most likely class is `label`; cross-entropy in nats."""
+    pred = tf.argmax(logits, -1, output_type=tf.int32)
+    return {
+        "accuracy": tf.cast(tf.equal(pred, label), tf.float32),
+        "nll": tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits),
+    }
+
+
+def with_error_count(means: dict) -> dict:
+    """Adds "errors" (misclassified examples) to split means with accuracy and a count."""
+    means["errors"] = round((1.0 - means["accuracy"]) * means["eval_examples"])
+    return means
+
+
 def dummy_batch(spec: DataSpec, n: int = 2) -> dict:
     """A batch of zeros {"image": [n, H, W, C], "label": [n]} that builds every layer."""
     return {"image": tf.zeros([n, *spec.shape]), "label": tf.zeros([n], tf.int32)}

@@ -31,7 +31,12 @@ import tensorflow as tf
 
 from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
-from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.base import (
+    GenerativeModel,
+    classification_scores,
+    replica_mean,
+    with_error_count,
+)
 from gen_keras.models.networks import convnet_trunk, encoder_trunk
 
 
@@ -194,16 +199,10 @@ class Classifier(GenerativeModel):
     def score_batch(self, data, seed) -> dict:
         """Per image [B]: 1.0 where the most likely class is right; cross-entropy in nats."""
         del seed
-        logits, label = self(data["image"]), data["label"]
-        pred = tf.argmax(logits, -1, output_type=tf.int32)
-        return {
-            "accuracy": tf.cast(tf.equal(pred, label), tf.float32),
-            "nll": tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits),
-        }
+        return classification_scores(self(data["image"]), data["label"])
 
     def summarize_scores(self, means: dict) -> dict:
-        means["errors"] = round((1.0 - means["accuracy"]) * means["eval_examples"])
-        return means
+        return with_error_count(means)
 
     # -- serving -------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import tensorflow_probability as tfp
 
 from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
-from gen_keras.models.base import GenerativeModel
+from gen_keras.models.base import GenerativeModel, classification_scores, with_error_count
 from gen_keras.models.classifier import random_shift
 from gen_keras.models.networks import convnet_trunk
 
@@ -378,16 +378,10 @@ class SemiSupervised(GenerativeModel):
     def score_batch(self, data, seed) -> dict:
         """Per image [B]: 1.0 where q(y|x)'s most likely class is right; its cross-entropy."""
         del seed
-        logits, label = self(data["image"]), data["label"]
-        pred = tf.argmax(logits, -1, output_type=tf.int32)
-        return {
-            "accuracy": tf.cast(tf.equal(pred, label), tf.float32),
-            "nll": tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits),
-        }
+        return classification_scores(self(data["image"]), data["label"])
 
     def summarize_scores(self, means: dict) -> dict:
-        means["errors"] = round((1.0 - means["accuracy"]) * means["eval_examples"])
-        return means
+        return with_error_count(means)
 
     # -- sampling, pictures and serving --------------------------------------------------
 
