@@ -387,7 +387,7 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_trainers_export_refuses_a_checkpoint_with_nan_weights(vae_run, tmp_path):
+def test_trainers_export_never_exports_a_checkpoint_with_nan_weights(vae_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(vae_run.model_dir, run)
     model, step = runs.restore_model(str(run))
@@ -396,10 +396,19 @@ def test_trainers_export_refuses_a_checkpoint_with_nan_weights(vae_run, tmp_path
     ckpt = tf.train.Checkpoint(model=model, step=tf.Variable(step + 1, dtype=tf.int64))
     ckpt.save_counter.assign(step)
     ckpt.save(str(run / "checkpoints" / "ckpt"))  # ckpt-<step + 1>, now the latest
+    # The newest is skipped as damaged (with a warning) and the intact one before it exported.
     result = _run_export(run, tmp_path / "exports")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"damaged checkpoint ckpt-{step + 1}" in result.stderr and "not finite" in result.stderr
+    loaded = tf.saved_model.load(str(tmp_path / "exports" / "vae" / "1"))
+    assert all(np.isfinite(v.numpy()).all() for v in loaded.variables if v.dtype.is_floating)
+    # With only the non-finite checkpoint left: one error line, exit 1, nothing exported.
+    for path in (run / "checkpoints").iterdir():
+        if path.name.startswith("ckpt-") and not path.name.startswith(f"ckpt-{step + 1}."):
+            path.unlink()
+    result = _run_export(run, tmp_path / "exports2")
     assert result.returncode == 1, result.stderr[-2000:]
-    assert _one_error_line(result) and "NaN or Inf" in result.stderr
-    assert (
-        not (tmp_path / "exports" / "vae").exists()
-        or export.versions(str(tmp_path / "exports" / "vae")) == []
+    assert _one_error_line(result) and "not finite" in result.stderr
+    assert not (tmp_path / "exports2" / "vae").exists() or not os.listdir(
+        tmp_path / "exports2" / "vae"
     )

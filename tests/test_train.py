@@ -391,7 +391,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints_and_a_rerun_resumes_from_
     ckpts = os.path.join(cfg.model_dir, "checkpoints")
     assert checkpoints.indexed_steps(ckpts)[-1] == kept[0]
     for step in checkpoints.indexed_steps(ckpts):  # every tensor of every checkpoint is finite
-        assert train._damage(os.path.join(ckpts, f"ckpt-{step}")) is None
+        assert checkpoints.damage(os.path.join(ckpts, f"ckpt-{step}")) is None
     model, step = runs.restore_model(cfg.model_dir)
     assert step == kept[0] and all(np.isfinite(w).all() for w in model.get_weights())
     assert not os.path.exists(cfg.export_dir)
