@@ -90,6 +90,11 @@ class SampleQuality(keras.callbacks.Callback):
         self._writer = writer
         self._noted = False
 
+    def load(self) -> metrics.SampleQuality | None:
+        """Loads the classifier and the eval split's reference features (once); None
+        without a classifier. A bad classifier path raises UsageError here."""
+        return self.quality
+
     @property
     def quality(self) -> metrics.SampleQuality | None:
         """The classifier and the eval split's reference features, loaded once."""
@@ -102,7 +107,7 @@ class SampleQuality(keras.callbacks.Callback):
             reference = np.concatenate(
                 [self.data.spec.to_data(b["image"]).numpy() for b in self.data.dataset(500)]
             )
-            self._quality = metrics.SampleQuality(classifier, reference, data=self.data)
+            self._quality = metrics.SampleQuality(classifier, reference)
         return self._quality
 
     def evaluate(self, num_samples: int | None = None) -> dict:

@@ -159,10 +159,9 @@ class SampleQuality:
     reference: uint8 [M, H, W, C] real images in data space (e.g. the test split).
     """
 
-    def __init__(self, classifier: Classifier, reference, data=None, kid_subsets: int = 10):
+    def __init__(self, classifier: Classifier, reference, kid_subsets: int = 10):
         self.classifier = classifier
         self.reference = np.asarray(reference)
-        self.data = data  # what the reference was read from, to notice a change
         self.kid_subsets = kid_subsets
         self.reference_logits, self.reference_features = classifier(self.reference)
 

@@ -502,7 +502,7 @@ def fit(
             num_samples=model.config.fid_samples,
             seed=(cfg.seed % (2**31), 2),
         )
-        _ = quality.quality  # loads the classifier now: a bad path is a usage error here
+        quality.load()  # a bad classifier path is a usage error now, before any write
     # Everything above only reads; from here on the run writes to model_dir.
     step = run.restore()
     if run.chief:
