@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 SERVING = ["tensorflow-serving-api==2.21.0"]
 # RunInference's TensorFlow handler imports tensorflow_hub; [tfrecord] brings a CRC package.
 BEAM = ["apache-beam[tfrecord]==2.77.0", "tensorflow-hub==0.16.1"]
+# benchmarks/curves.py draws its PNG with matplotlib (the JSON is the record).
+BENCH = ["matplotlib==3.11.2"]
 
 setup(
     name="gen-keras",
@@ -28,7 +30,8 @@ setup(
     extras_require={
         "serving": SERVING,  # the gRPC client and its protos
         "beam": BEAM,  # batch inference on Apache Beam (pulls protobuf 6.x, which TF accepts)
-        "dev": ["pytest>=8", "ruff==0.17.6", *SERVING, *BEAM],
+        "bench": BENCH,
+        "dev": ["pytest>=8", "ruff==0.17.6", *SERVING, *BEAM, *BENCH],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
     },
 )

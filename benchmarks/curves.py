@@ -10,6 +10,10 @@ split) to <model_dir>/curve.json and draws <model_dir>/curve.png (when matplotli
 installed). Minutes count training only (tracing, evaluation and checkpoints excluded)
 and add up across invocations, so rerunning the same command extends the curve past one
 session. Static binarization by default (the PixelRNN paper's protocol).
+
+`--reference=FILE` draws another run's curve beside this one (JSON lines with
+`train_minutes` and `test_nll_nats`, e.g. a peer library's points measured on the same
+test images), for a race at equal training minutes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, curve.json, curve.png).")
+flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_nll_nats} to draw too.")
+flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
 FLAGS = flags.FLAGS
 
 
@@ -59,18 +65,44 @@ def _load(path) -> dict:
     return {"points": []}
 
 
-def _draw(curve, path) -> None:
+def read_reference(path) -> list[dict]:
+    """Points {minutes, nll_nats} from JSON lines {train_minutes, test_nll_nats, ...}."""
+    points = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            try:
+                points.append(
+                    {"minutes": record["train_minutes"], "nll_nats": record["test_nll_nats"]}
+                )
+            except KeyError as e:
+                raise ValueError(f"{path}:{number}: a reference point needs {e}") from None
+    return sorted(points, key=lambda p: p["minutes"])
+
+
+def draw(curve, path, reference=None, reference_name="reference") -> bool:
+    """Draws curve["points"] (and reference points) as a PNG; False without matplotlib."""
     if pyplot is None:
-        return
+        return False
     figure, axes = pyplot.subplots(figsize=(5, 3.5))
-    points = curve["points"]
-    axes.plot([p["minutes"] for p in points], [p["nll_nats"] for p in points], "o-")
+    lines = [("gen_keras", curve["points"])]
+    if reference:
+        lines.append((reference_name, reference))
+    for label, points in lines:
+        axes.plot(
+            [p["minutes"] for p in points], [p["nll_nats"] for p in points], "o-", label=label
+        )
+    if reference:
+        axes.legend()
     axes.set_xlabel("training minutes (this CPU)")
     axes.set_ylabel("exact test NLL (nats)")
     axes.set_title(curve["name"])
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)
+    return True
 
 
 def main(argv):
@@ -80,11 +112,14 @@ def main(argv):
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, "curve.json")
     curve = _load(path)
+    reference = read_reference(FLAGS.reference) if FLAGS.reference else None
     curve.update(
         name=f"{FLAGS.family} {FLAGS.arch} ({FLAGS.config}), {FLAGS.binarization}",
         config=dataclasses.asdict(config),
         batch_size=FLAGS.batch_size,
     )
+    if FLAGS.segments == 0:  # redraw only (e.g. after the reference's points arrived)
+        draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
     for _ in range(FLAGS.segments):
         done = curve["points"][-1]["minutes"] if curve["points"] else 0.0
         train_config = TrainConfig(
@@ -115,7 +150,7 @@ def main(argv):
         curve["points"].append(point)
         with open(path, "w") as f:
             json.dump(curve, f, indent=1)
-        _draw(curve, os.path.join(model_dir, "curve.png"))
+        draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
         print(json.dumps(point))
 
 
