@@ -91,13 +91,8 @@ class SampleQuality(keras.callbacks.Callback):
         self._noted = False
 
     def load(self) -> metrics.SampleQuality | None:
-        """Loads the classifier and the eval split's reference features (once); None
-        without a classifier. A bad classifier path raises UsageError here."""
-        return self.quality
-
-    @property
-    def quality(self) -> metrics.SampleQuality | None:
-        """The classifier and the eval split's reference features, loaded once."""
+        """The classifier and the eval split's reference features, loaded on the first call;
+        None without a classifier. A bad classifier path raises UsageError here."""
         if not self.classifier_arg:
             return None
         if self._quality is None:
@@ -112,16 +107,18 @@ class SampleQuality(keras.callbacks.Callback):
 
     def evaluate(self, num_samples: int | None = None) -> dict:
         """Every figure of metrics.scores on fresh samples ({} without a classifier)."""
-        if self.quality is None:
+        quality = self.load()
+        if quality is None:
             return {}
         samples = sample_images(self.model, num_samples or self.num_samples, self.seed)
-        return self.quality.evaluate(samples)
+        return quality.evaluate(samples)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
         step = _step(epoch, logs)
-        if self.quality is None:
+        quality = self.load()
+        if quality is None:
             note = (
                 "FID/KID are off: no classifier was given (--classifier=<classifier export "
                 "or run dir>); no sample-quality figures were computed."
@@ -133,8 +130,8 @@ class SampleQuality(keras.callbacks.Callback):
             return
         values = {k: v for k, v in self.evaluate().items() if not k.startswith("class_fraction_")}
         self._write_text(
-            f"FID/KID use the features of the classifier {self.quality.classifier.name} on "
-            f"{self.num_samples} samples vs {len(self.quality.reference)} eval images",
+            f"FID/KID use the features of the classifier {quality.classifier.name} on "
+            f"{self.num_samples} samples vs {len(quality.reference)} eval images",
             step,
         )
         if self.log_dir:  # the harness writes the logs it is given itself

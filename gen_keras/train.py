@@ -518,7 +518,7 @@ def fit(
     if not eval_logs:
         eval_logs = evaluate(run, loop.eval_seed, jit, cfg.eval_steps)
     final = evaluation.score_split(model, run.eval_data, loop.eval_seed)
-    if loop.quality is not None and loop.quality.quality is not None:
+    if loop.quality is not None:  # {} without a classifier
         final.update(loop.quality.evaluate(model.config.final_samples))
     summaries.scalars(loop.eval_writer, final, step, prefix="final/")
     loop.eval_writer.flush()
