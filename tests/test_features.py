@@ -1,6 +1,7 @@
 """Encoder transfer into classifiers, and the latent pictures (scatter, manifold, strips,
 projector data), down to the pixels and the TensorBoard projector endpoints."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -216,13 +217,72 @@ def test_projector_data_is_served_by_tensorboard(vae_run, mnist_dir, tmp_path):
         server.wait(timeout=30)
 
 
-def test_benchmark_label_subsets_are_balanced_and_seeded():
+def test_benchmark_label_subsets_are_balanced_seeded_and_the_trainers_draw():
     from benchmarks.features import label_subset
+    from gen_keras.data import labeled_subset
 
     labels = np.repeat(np.arange(10), 50)[np.random.default_rng(0).permutation(500)]
     a = label_subset(labels, 7, seed=1)
     assert len(a) == 70 and len(set(a)) == 70
     assert np.array_equal(np.bincount(labels[a], minlength=10), np.full(10, 7))
     np.testing.assert_array_equal(a, label_subset(labels, 7, seed=1))
+    np.testing.assert_array_equal(np.sort(a), labeled_subset(labels, 7, seed=1))
     assert not np.array_equal(np.sort(a), np.sort(label_subset(labels, 7, seed=2)))
     assert sorted(label_subset(labels, None, seed=0)) == list(range(500))
+
+
+def _semisupervised_run(path, data_config, method, seed, test_split="test", finished=True):
+    """A run dir as trainers.semisupervised leaves it: config, labeled record, metrics."""
+    from gen_keras import semisupervised
+    from gen_keras.models import semisupervised as model_lib
+
+    config = model_lib.Config(method=method, labels_per_class=5, label_seed=seed)
+    data = semisupervised.labeled_data(config, data_config)
+    semisupervised.record_labeled(str(path), data, data_config.train_split, seed)
+    with open(path / "config.json", "w") as f:
+        json.dump({"model": dataclasses.asdict(config)}, f)
+    if finished:
+        test = {"accuracy": 0.5 + seed / 10, "errors": 1, "split": test_split}
+        with open(path / "metrics.json", "w") as f:
+            json.dump({"step": 3, "test": test}, f)
+
+
+def test_semisupervised_runs_join_the_table_only_with_the_same_labeled_images(mnist_dir, tmp_path):
+    from benchmarks.features import SEMISUPERVISED, load, semisupervised_rows, table
+
+    data_config = small_data(mnist_dir)  # train[:512]
+    labels = load(data_config.train_split, mnist_dir)[1]
+    for name, method, seed in [("m2_s0", "m2", 0), ("m2_s1", "m2", 1), ("sup_s0", "supervised", 0)]:
+        _semisupervised_run(tmp_path / name, data_config, method, seed)
+    _semisupervised_run(tmp_path / "m2_s2", data_config, "m2", 2, finished=False)
+    rows, unfinished = semisupervised_rows(
+        [str(tmp_path / "*")], labels, data_config.train_split, "test"
+    )
+    assert unfinished == [str(tmp_path / "m2_s2")]
+    assert sorted((r["method"], r["seed"], r["accuracy"]) for r in rows) == [
+        ("m2", 0, 0.5),
+        ("m2", 1, 0.6),
+        ("supervised", 0, 0.5),
+    ]
+    columns = [(SEMISUPERVISED[m], m, "none") for m in ("m2", "supervised", "m1m2")]
+    assert table(rows, [5], columns).splitlines()[2] == (
+        "| 5 | 55.00 ± 5.00 (50.00-60.00, n=2) | 50.00 ± 0.00 (50.00-50.00, n=1) | not run |"
+    )
+    # another draw than this benchmark's for the seed, another test split, the same run twice
+    record = tmp_path / "m2_s1" / "labeled_examples.json"
+    good = record.read_text()
+    record.write_text(good.replace('"label_seed": 1', '"label_seed": 0').replace("[", "[0, ", 1))
+    with pytest.raises(UsageError, match="m2_s1: its labeled images .* are not the ones"):
+        semisupervised_rows([str(tmp_path / "m2_s1")], labels, data_config.train_split, "test")
+    record.write_text(good)
+    with pytest.raises(UsageError, match="are not the ones this benchmark draws"):
+        semisupervised_rows([str(tmp_path / "m2_s1")], labels, "train[:256]", "test")
+    with pytest.raises(UsageError, match="not --test_split='test\\[:100\\]'"):
+        semisupervised_rows(
+            [str(tmp_path / "m2_s1")], labels, data_config.train_split, "test[:100]"
+        )
+    shutil.copytree(tmp_path / "m2_s1", tmp_path / "again")
+    with pytest.raises(UsageError, match="are both m2 at 5/class, seed 1"):
+        semisupervised_rows([str(tmp_path / "*")], labels, data_config.train_split, "test")
+    with pytest.raises(UsageError, match="matches no directory"):
+        semisupervised_rows([str(tmp_path / "nothing*")], labels, data_config.train_split, "test")
