@@ -137,6 +137,12 @@ class TrainConfig:
     max_train_minutes: float | None = hparam(
         None, "Stop training after this many minutes of this run, then evaluate and export."
     )
+    ema_decay: float = hparam(
+        0.0,
+        "Polyak averaging: every optimizer keeps an exponential moving average of the weights "
+        "it trains, with this decay (e.g. 0.999), and evaluation, pictures, the final figures "
+        "and the export use the averages (0: off). Fixed for a run.",
+    )
     allow_config_change: tuple[str, ...] = hparam(
         (),
         "On resume, the learning fields whose change is meant (batch_size, learning_rate, "
@@ -156,6 +162,7 @@ class TrainConfig:
         check_positive("keep_checkpoints", self.keep_checkpoints)
         check_positive("log_every_steps", self.log_every_steps)
         check_positive("max_train_minutes", self.max_train_minutes, allow_none=True)
+        check(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in [0, 1)")
         check(
             self.checkpoint_every_steps >= 0,
             f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0",

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from gen_keras import models
+from gen_keras.averaging import keep_averages, swap_averages
 from gen_keras.checkpoints import describe_damage, restore_newest_intact
 from gen_keras.config import UsageError, check, from_dict
 from gen_keras.data import DataSpec
@@ -48,16 +49,23 @@ def restore_model(model_dir: str):
     """Rebuilds a run's model from its record and restores its newest intact checkpoint.
 
     Returns (model, step); needs no data, so a run can be exported anywhere. Reads only:
-    damaged newer checkpoints are skipped with a warning, not moved.
+    damaged newer checkpoints are skipped with a warning, not moved. A run trained with
+    `ema_decay` comes back holding its weight averages, as its own export does.
     """
     record = read_record(model_dir)
     family = models.get(record["family"])
     spec = DataSpec.from_json(record["spec"])
     keras.utils.set_random_seed(record.get("train", {}).get("seed", 0))
     model = build(record["family"], from_dict(family.Config, record["model"]), spec)
+    decay = record.get("train", {}).get("ema_decay", 0.0)
+    keep_averages(model, decay)
     model.build_for_training(dummy_batch(spec))
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    # The averages live in the optimizers, saved under the harness's names for them.
+    optimizers = [opt for opt, _ in model.optimizer_variables()] if decay else []
+    checkpoint = tf.train.Checkpoint(
+        model=model, step=step, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}
+    )
     directory = os.path.join(model_dir, "checkpoints")
     restored, damaged = restore_newest_intact(checkpoint, directory, partial=True)
     check(restored is not None, f"model_dir={model_dir} has no checkpoint to export")
@@ -68,6 +76,7 @@ def restore_model(model_dir: str):
             directory,
             restored,
         )
+    swap_averages(model)
     return model, int(step.numpy())
 
 

@@ -24,6 +24,11 @@ Faults the harness survives:
 - resuming with other values of the fields that change what is learned
   (`config.LEARNING_FIELDS`) is refused unless `train_config.allow_config_change` names
   them; allowed changes are appended to the record's `history`.
+
+With `train_config.ema_decay` > 0 (Polyak averaging, as in PixelCNN++), every optimizer keeps
+an exponential moving average of the weights it trains (Keras `use_ema`, checkpointed with
+its slots); evaluation and pictures run inside `averaged_weights`, and the model that `fit`
+returns, scores and exports holds the averages (its last checkpoint holds both).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from absl import logging
 
 from gen_keras import callbacks, evaluation, models, rng, runs, summaries, transfer
 from gen_keras import export as export_lib
+from gen_keras.averaging import averaged_weights, keep_averages, swap_averages
 from gen_keras.checkpoints import (
     TrainingError,
     checkpoint_files,
@@ -64,8 +70,10 @@ from gen_keras.runs import RUN_RECORD
 _IDENTITY = {
     "model": None,
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
-    "train": LEARNING_FIELDS,
+    "train": (*LEARNING_FIELDS, "ema_decay"),
 }
+# Values of fields newer than a run record, for comparing it with today's configuration.
+_ABSENT = {"train": {"ema_decay": 0.0}}
 
 
 class Preempted(RuntimeError):
@@ -262,7 +270,7 @@ def _check_record(old: dict | None, record: dict, model_dir: str, allowed=()) ->
     if old.get("family") != record["family"]:
         diffs.append(f"family {old.get('family')!r} -> {record['family']!r}")
     for section, fields in _IDENTITY.items():
-        a, b = old.get(section, {}), record[section]
+        a, b = {**_ABSENT.get(section, {}), **old.get(section, {})}, record[section]
         for key in fields or sorted(set(a) | set(b)):
             if a.get(key) == b.get(key):
                 continue
@@ -341,6 +349,7 @@ class _Run:
         keras.utils.set_random_seed(train_config.seed)  # the initial weights, reproducibly
         with self.strategy.scope():
             self.model = runs.build(family, model_config, self.spec, train_config.learning_rate)
+            keep_averages(self.model, train_config.ema_decay)  # before the slots are built
             self.model.build_for_training(dummy_batch(self.spec))
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -515,6 +524,7 @@ def fit(
     with _SigtermWatch(run) as sigterm:
         while step < loop.total and not loop.out_of_time():
             step, eval_logs = loop.epoch(step, sigterm)
+    swap_averages(model)  # from here on the model holds the averaged weights, if any
     if not eval_logs:
         eval_logs = evaluate(run, loop.eval_seed, jit, cfg.eval_steps)
     final = evaluation.score_split(model, run.eval_data, loop.eval_seed)
@@ -615,10 +625,11 @@ class _Loop:
                 )
         images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
         summaries.scalars(self.train_writer, {**logs, "images_per_sec": images_per_sec}, step)
-        eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
-        logs = dict(eval_logs, step=step)
-        for callback in self.callbacks:  # sample quality adds its figures to the logs
-            callback.on_epoch_end(epoch, logs)
+        with averaged_weights(model):
+            eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
+            logs = dict(eval_logs, step=step)
+            for callback in self.callbacks:  # sample quality adds its figures to the logs
+                callback.on_epoch_end(epoch, logs)
         eval_logs = {k: v for k, v in logs.items() if k != "step"}
         summaries.scalars(self.eval_writer, eval_logs, step)
         run.save(step)

@@ -17,9 +17,12 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
+from gen_keras import averaging as averaged
 from gen_keras import checkpoints, runs, train
 from gen_keras.config import TrainConfig, UsageError
+from gen_keras.data import ImageData
 from gen_keras.models import vae
+from gen_keras.models.base import dummy_batch
 from tests.conftest import REPO, small_data, small_train
 
 METRICS = ["loss", "elbo", "distortion", "rate", "bits_per_dim"]
@@ -497,3 +500,96 @@ def test_the_trainer_resumes_past_a_corrupt_checkpoint_and_stops_when_none_is_in
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "no intact checkpoint" in errors[0]
     assert all(f"ckpt-{s}:" in errors[0] for s in (4, 8, 12))
+
+
+# -- Polyak averaging (ema_decay) ---------------------------------------------------------
+
+
+def test_averages_follow_the_ema_formula_and_swap_in_and_out(mnist_dir):
+    data = ImageData(small_data(mnist_dir), "train[:64]", training=True)
+    batch = next(iter(data.dataset(16, seed=0, epoch=0)))
+    model = runs.build("vae", vae.small(), data.spec, 1e-2)
+    averaged.keep_averages(model, 0.5)
+    model.build_for_training(dummy_batch(data.spec))
+    step = tf.function(model.train_step)
+    expected = None
+    for i in range(3):
+        step(dict(batch, seed=tf.constant([i, 0], tf.int32)))
+        weights = [w.numpy() for w in model.trainable_variables]
+        # the first step sets the averages to the weights; then a <- 0.5 a + 0.5 w
+        expected = (
+            weights
+            if expected is None
+            else [0.5 * a + 0.5 * w for a, w in zip(expected, weights, strict=True)]
+        )
+    with averaged.averaged_weights(model):
+        for w, a in zip(model.trainable_variables, expected, strict=True):
+            np.testing.assert_allclose(w.numpy(), a, rtol=1e-6, atol=1e-7)
+    for w, own in zip(model.trainable_variables, weights, strict=True):
+        np.testing.assert_array_equal(w.numpy(), own)  # swapped back exactly
+    assert any(not np.allclose(a, w) for a, w in zip(expected, weights, strict=True))
+    plain = runs.build("vae", vae.small(), data.spec, 1e-2)
+    plain.build_for_training(dummy_batch(data.spec))
+    assert averaged.swap_averages(plain) is False  # ema_decay 0: nothing kept, nothing swapped
+
+
+def test_a_run_with_ema_evaluates_exports_and_resumes_with_its_averages(mnist_dir, tmp_path):
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:64]")
+
+    def fit(name, epochs, **kw):
+        cfg = small_train(tmp_path / name, epochs=epochs, ema_decay=0.8, **kw)
+        return train.fit("vae", vae.small(), data, cfg, verbose=0)
+
+    straight = fit("straight", 2)
+    fit("split", 1, export=False)
+    resumed = fit("split", 2, export=False)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the averages were checkpointed and resumed
+    # The returned model, a restored run and the export all hold the averages, not the
+    # trained weights (which the last checkpoint keeps too).
+    restored, step = runs.restore_model(straight.model_dir)
+    assert step == 12
+    for a, b in zip(straight.model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    bare = runs.build("vae", vae.small(), straight.model.spec)
+    bare.build_for_training(dummy_batch(bare.spec), build_optimizers=False)  # weights only
+    tf.train.Checkpoint(model=bare).read(
+        os.path.join(straight.model_dir, "checkpoints", "ckpt-12")
+    ).expect_partial()
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(bare.get_weights(), restored.get_weights(), strict=True)
+    )
+    run = train._Run("vae", vae.small(), data, small_train(tmp_path / "straight", ema_decay=0.8))
+    run.restore()
+    with averaged.averaged_weights(run.model):
+        logs = train.evaluate(run, tf.constant([0, 2]))
+    assert logs == pytest.approx(straight.eval_logs, rel=1e-6)  # the epoch's eval used them
+    from tests.serving_standin import Served
+
+    images = (np.arange(2 * 28 * 28).reshape(2, 28, 28, 1) % 3 == 0).astype(np.uint8)
+    served = Served(straight.export_path)
+    try:
+        z = served("encode", images=images)["z_mean"]
+    finally:
+        served.close()
+    x = tf.constant(images, tf.float32)
+    np.testing.assert_allclose(z, restored.posterior(x).mean(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(z, bare.posterior(x).mean(), atol=1e-4)
+
+
+def test_ema_decay_is_part_of_a_runs_identity_and_old_records_mean_zero(
+    vae_run, mnist_dir, tmp_path
+):
+    shutil.copytree(vae_run.model_dir, tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    record = json.loads(path.read_text())
+    del record["train"]["ema_decay"]  # a run recorded before the field existed
+    path.write_text(json.dumps(record))
+    with pytest.raises(UsageError, match=r"train\.ema_decay 0\.0 -> 0\.9"):
+        cfg = small_train(tmp_path, epochs=3, ema_decay=0.9, export=False)
+        train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0)
+    cfg = small_train(tmp_path, epochs=3, export=False)
+    assert train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0).step == 18
+    with pytest.raises(UsageError, match=r"ema_decay=1\.0 must be in \[0, 1\)"):
+        small_train(tmp_path, ema_decay=1.0)
