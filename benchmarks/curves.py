@@ -13,7 +13,8 @@ session. Static binarization by default (the PixelRNN paper's protocol).
 
 `--reference=FILE` draws another run's curve beside this one (JSON lines with
 `train_minutes` and `test_nll_nats`, e.g. a peer library's points measured on the same
-test images), for a race at equal training minutes.
+test images), for a race at equal training minutes. `--ema_decay=0.999` evaluates the
+Polyak-averaged weights (`TrainConfig.ema_decay`), fixed for a run directory.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ flags.DEFINE_float("segment_minutes", 8.0, "Training minutes between two curve p
 flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_float("ema_decay", 0.0, "Polyak averaging of the weights for evaluation (0: off).")
 flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, curve.json, curve.png).")
 flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_nll_nats} to draw too.")
 flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
@@ -117,6 +119,7 @@ def main(argv):
         name=f"{FLAGS.family} {FLAGS.arch} ({FLAGS.config}), {FLAGS.binarization}",
         config=dataclasses.asdict(config),
         batch_size=FLAGS.batch_size,
+        ema_decay=FLAGS.ema_decay,
     )
     if FLAGS.segments == 0:  # redraw only (e.g. after the reference's points arrived)
         draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
@@ -131,6 +134,7 @@ def main(argv):
             jit_compile="off",
             checkpoint_every_steps=500,
             max_train_minutes=FLAGS.segment_minutes,
+            ema_decay=FLAGS.ema_decay,
         )
         start = time.monotonic()
         run = train.fit(
