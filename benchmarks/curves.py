@@ -45,6 +45,8 @@ flags.DEFINE_float("segment_minutes", 8.0, "Training minutes between two curve p
 flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_integer("lr_warmup_steps", 0, "Linear learning-rate warm-up steps.")
+flags.DEFINE_float("lr_decay", 1.0, "Per-step learning-rate decay after the warm-up.")
 flags.DEFINE_float("ema_decay", 0.0, "Polyak averaging of the weights for evaluation (0: off).")
 flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, curve.json, curve.png).")
 flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_nll_nats} to draw too.")
@@ -120,6 +122,8 @@ def main(argv):
         config=dataclasses.asdict(config),
         batch_size=FLAGS.batch_size,
         ema_decay=FLAGS.ema_decay,
+        lr_warmup_steps=FLAGS.lr_warmup_steps,
+        lr_decay=FLAGS.lr_decay,
     )
     if FLAGS.segments == 0:  # redraw only (e.g. after the reference's points arrived)
         draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
@@ -135,6 +139,8 @@ def main(argv):
             checkpoint_every_steps=500,
             max_train_minutes=FLAGS.segment_minutes,
             ema_decay=FLAGS.ema_decay,
+            lr_warmup_steps=FLAGS.lr_warmup_steps,
+            lr_decay=FLAGS.lr_decay,
         )
         start = time.monotonic()
         run = train.fit(

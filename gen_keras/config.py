@@ -19,7 +19,14 @@ JIT_CHOICES = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # TrainConfig fields that change what a run learns: a resume with other values is refused
 # unless allow_config_change names them (see gen_keras.train).
-LEARNING_FIELDS = ("batch_size", "learning_rate", "seed", "steps_per_epoch")
+LEARNING_FIELDS = (
+    "batch_size",
+    "learning_rate",
+    "lr_warmup_steps",
+    "lr_decay",
+    "seed",
+    "steps_per_epoch",
+)
 
 
 class UsageError(ValueError):
@@ -119,7 +126,13 @@ class TrainConfig:
         None, "Steps per epoch (default: one pass over the training split)."
     )
     eval_steps: int | None = hparam(None, "Eval batches (default: the whole eval split).")
-    learning_rate: float = hparam(1e-3, "Adam learning rate.")
+    learning_rate: float = hparam(1e-3, "Adam learning rate (the peak, with a schedule).")
+    lr_warmup_steps: int = hparam(
+        0, "Linear warm-up: step t trains at learning_rate * min(1, (t + 1) / N) (0: none)."
+    )
+    lr_decay: float = hparam(
+        1.0, "After the warm-up, the learning rate is multiplied by this every step (1: constant)."
+    )
     seed: int = hparam(0, "Seed of shuffling and of every random draw.")
     model_dir: str = hparam("runs/vae", "Checkpoints, TensorBoard logs, samples.")
     export_dir: str = hparam("saved_models", "Export root (<dir>/<model>/<version>).")
@@ -163,6 +176,8 @@ class TrainConfig:
         check_positive("log_every_steps", self.log_every_steps)
         check_positive("max_train_minutes", self.max_train_minutes, allow_none=True)
         check(0.0 <= self.ema_decay < 1.0, f"ema_decay={self.ema_decay} must be in [0, 1)")
+        check(self.lr_warmup_steps >= 0, f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        check(0.0 < self.lr_decay <= 1.0, f"lr_decay={self.lr_decay} must be in (0, 1]")
         check(
             self.checkpoint_every_steps >= 0,
             f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0",

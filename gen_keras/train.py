@@ -25,6 +25,9 @@ Faults the harness survives:
   (`config.LEARNING_FIELDS`) is refused unless `train_config.allow_config_change` names
   them; allowed changes are appended to the record's `history`.
 
+A learning-rate schedule (`lr_warmup_steps`, `lr_decay`) is a function of the global step,
+set before every step, so a resumed run follows it exactly; TensorBoard logs the rate.
+
 With `train_config.ema_decay` > 0 (Polyak averaging, as in PixelCNN++), every optimizer keeps
 an exponential moving average of the weights it trains (Keras `use_ema`, checkpointed with
 its slots); evaluation and pictures run inside `averaged_weights`, and the model that `fit`
@@ -73,7 +76,7 @@ _IDENTITY = {
     "train": (*LEARNING_FIELDS, "ema_decay"),
 }
 # Values of fields newer than a run record, for comparing it with today's configuration.
-_ABSENT = {"train": {"ema_decay": 0.0}}
+_ABSENT = {"train": {"ema_decay": 0.0, "lr_warmup_steps": 0, "lr_decay": 1.0}}
 
 
 class Preempted(RuntimeError):
@@ -351,6 +354,12 @@ class _Run:
             self.model = runs.build(family, model_config, self.spec, train_config.learning_rate)
             keep_averages(self.model, train_config.ema_decay)  # before the slots are built
             self.model.build_for_training(dummy_batch(self.spec))
+            # The configured rate of each optimizer (a GAN's two may differ): the schedule's
+            # 100%. A checkpoint holds the last scheduled rate, not this one.
+            self.base_rates = [
+                float(tf.convert_to_tensor(opt.learning_rate))
+                for opt, _ in self.model.optimizer_variables()
+            ]
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             optimizers = [opt for opt, _ in self.model.optimizer_variables()]
@@ -368,6 +377,17 @@ class _Run:
             # latest checkpoint, in a hidden folder, and all restore from the chief's.
             task_id = self.strategy.cluster_resolver.task_id
             self.save_dir, self.keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
+
+    def schedule(self, step: int) -> dict:
+        """Sets every optimizer's learning rate for step `step` (0-based) of the schedule;
+        returns {"learning_rate": the first optimizer's}, or {} without a schedule."""
+        cfg = self.train_config
+        if not cfg.lr_warmup_steps and cfg.lr_decay == 1.0:
+            return {}
+        factor = rate_factor(step, cfg.lr_warmup_steps, cfg.lr_decay)
+        for (opt, _), base in zip(self.model.optimizer_variables(), self.base_rates, strict=True):
+            opt.learning_rate = base * factor
+        return {"learning_rate": self.base_rates[0] * factor}
 
     def write_record(self, step: int) -> None:
         """Writes config.json: this run's configuration, and the history of allowed changes."""
@@ -449,6 +469,13 @@ class _Run:
         return self.strategy.distribute_datasets_from_function(
             lambda ctx: data.dataset(self.train_config.batch_size, input_context=ctx, **kwargs)
         )
+
+
+def rate_factor(step: int, warmup_steps: int, decay: float) -> float:
+    """The schedule's multiple of the configured learning rate at (0-based) step `step`:
+    linear warm-up to 1 at step warmup_steps - 1, then `decay` per step."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warm * decay ** max(0, step - max(warmup_steps - 1, 0))
 
 
 def _step_function(run: _Run, method, jit: bool):
@@ -600,6 +627,7 @@ class _Loop:
             if self.out_of_time():
                 spe = i  # the epoch ends here: evaluate and checkpoint what was trained
                 break
+            rate = run.schedule(step)
             logs = self.train(iterator, rng.fold_in(self.train_seed, step))
             if self.budget and self.deadline is None:
                 self.deadline = time.monotonic() + self.budget
@@ -613,7 +641,7 @@ class _Loop:
                 )
             bar.update(i + 1, [(k, float(v)) for k, v in logs.items()])
             if step % cfg.log_every_steps == 0:
-                summaries.scalars(self.train_writer, logs, step)
+                summaries.scalars(self.train_writer, {**logs, **rate}, step)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                 run.save(step)
             if sigterm.requested():

@@ -593,3 +593,43 @@ def test_ema_decay_is_part_of_a_runs_identity_and_old_records_mean_zero(
     assert train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0).step == 18
     with pytest.raises(UsageError, match=r"ema_decay=1\.0 must be in \[0, 1\)"):
         small_train(tmp_path, ema_decay=1.0)
+
+
+# -- learning-rate schedule ----------------------------------------------------------------
+
+
+def test_the_schedule_warms_up_linearly_then_decays_every_step():
+    factors = [train.rate_factor(t, 4, 0.5) for t in range(7)]
+    assert factors == [0.25, 0.5, 0.75, 1.0, 0.5, 0.25, 0.125]
+    assert [train.rate_factor(t, 0, 0.5) for t in range(3)] == [1.0, 0.5, 0.25]
+    assert [train.rate_factor(t, 0, 1.0) for t in range(3)] == [1.0, 1.0, 1.0]
+
+
+def test_a_scheduled_run_logs_its_rate_and_resumes_on_the_same_schedule(mnist_dir, tmp_path):
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+
+    def fit(name, epochs):
+        cfg = small_train(
+            tmp_path / name, epochs=epochs, lr_warmup_steps=3, lr_decay=0.8, export=False
+        )
+        return train.fit("vae", vae.small(), data, cfg, verbose=0)
+
+    straight = fit("straight", 2)
+    fit("split", 1)
+    resumed = fit("split", 2)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rate = float(straight.model.optimizer.learning_rate)
+    assert rate == pytest.approx(3e-3 * 0.8**9, rel=1e-6)  # the rate of step 11 (0-based)
+    _, events = _events(os.path.join(straight.model_dir, "train"))
+    logged = {
+        e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("learning_rate")
+    }
+    assert sorted(logged) == [2, 4, 6, 8, 10, 12]
+    for step, value in logged.items():  # logged after step `step`: the rate it trained at
+        assert value == pytest.approx(3e-3 * train.rate_factor(step - 1, 3, 0.8), rel=1e-6)
+    constant = train.fit(
+        "vae", vae.small(), data, small_train(tmp_path / "c", epochs=1, export=False), verbose=0
+    )
+    tags, _ = _events(os.path.join(constant.model_dir, "train"))
+    assert "loss" in tags and "learning_rate" not in tags  # no schedule, no rate logged
