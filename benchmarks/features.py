@@ -47,7 +47,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from gen_keras import runs, train, transfer
-from gen_keras.config import DataConfig, TrainConfig, UsageError
+from gen_keras.config import DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import ImageData, labeled_subset
 from gen_keras.models import autoencoder, classifier, vae
 
@@ -237,6 +237,11 @@ def main(argv):
 def benchmark():
     start = time.perf_counter()
     os.makedirs(FLAGS.out, exist_ok=True)
+    known = ", ".join("full" if k is None else str(k) for k in SCHEDULE)
+    check(
+        all(b == "full" or (b.isdigit() and int(b) in SCHEDULE) for b in FLAGS.labels),
+        f"--labels={','.join(FLAGS.labels)}: each must be one of {known}",
+    )
     budgets = [None if b == "full" else int(b) for b in FLAGS.labels]
     train_xy = load(FLAGS.train_split, FLAGS.data_dir)
     merged, unfinished = semisupervised_rows(

@@ -231,12 +231,14 @@ def test_benchmark_label_subsets_are_balanced_seeded_and_the_trainers_draw():
     assert sorted(label_subset(labels, None, seed=0)) == list(range(500))
 
 
-def _semisupervised_run(path, data_config, method, seed, test_split="test", finished=True):
+def _semisupervised_run(
+    path, data_config, method, seed, test_split="test", finished=True, per_class=5
+):
     """A run dir as trainers.semisupervised leaves it: config, labeled record, metrics."""
     from gen_keras import semisupervised
     from gen_keras.models import semisupervised as model_lib
 
-    config = model_lib.Config(method=method, labels_per_class=5, label_seed=seed)
+    config = model_lib.Config(method=method, labels_per_class=per_class, label_seed=seed)
     data = semisupervised.labeled_data(config, data_config)
     semisupervised.record_labeled(str(path), data, data_config.train_split, seed)
     with open(path / "config.json", "w") as f:
@@ -286,3 +288,64 @@ def test_semisupervised_runs_join_the_table_only_with_the_same_labeled_images(mn
         semisupervised_rows([str(tmp_path / "*")], labels, data_config.train_split, "test")
     with pytest.raises(UsageError, match="matches no directory"):
         semisupervised_rows([str(tmp_path / "nothing*")], labels, data_config.train_split, "test")
+
+
+def test_the_features_benchmark_runs_end_to_end_and_merges_a_run(mnist_dir, tmp_path):
+    """The whole script on tiny budgets: pretraining, restore, every method, the merged
+    column (it was once broken by a renamed loader with nothing to notice)."""
+    data = small_data(mnist_dir)
+    _semisupervised_run(tmp_path / "m2_s0", data, "m2", 0, test_split="test[:100]", per_class=10)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.features",
+            f"--out={tmp_path / 'out'}",
+            f"--data_dir={mnist_dir}",
+            "--labels=10",
+            "--seeds=1",
+            "--train_split=train[:512]",
+            "--val_split=test[:64]",
+            "--pretrain_epochs=1",
+            "--steps_scale=0.01",
+            "--test_split=test[:100]",
+            "--latent_dim=4",
+            f"--semisupervised_runs={tmp_path}/m2_*",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted({(r["method"], r["encoder"]) for r in rows}) == [
+        ("finetune", "autoencoder"),
+        ("finetune", "vae"),
+        ("m2", "none"),
+        ("probe", "autoencoder"),
+        ("probe", "vae"),
+        ("random", "none"),
+    ]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| labels"))
+    assert header.endswith("| finetune (vae) | M2 |")
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.features",
+            f"--out={tmp_path / 'out'}",
+            f"--data_dir={mnist_dir}",
+            "--train_split=train[:512]",
+            "--labels=10,7",
+            "--semisupervised_runs=/nonexistent/*",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --labels=10,7: each must be one of 10, 100, 1000, full"
+    )
