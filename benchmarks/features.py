@@ -50,6 +50,7 @@ from gen_keras import runs, train, transfer
 from gen_keras.config import DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import ImageData, labeled_subset
 from gen_keras.models import autoencoder, classifier, vae
+from gen_keras.semisupervised import LABELED_RECORD
 
 flags.DEFINE_string("out", "benchmarks/runs/features", "Pretraining runs and results.json.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the usual search path).")
@@ -107,9 +108,8 @@ def semisupervised_rows(patterns, labels: np.ndarray, train_split: str, test_spl
         raise UsageError(f"--semisupervised_runs={','.join(patterns)} matches no directory")
     rows, unfinished, seen = [], [], {}
     for d in dirs:
-        with open(os.path.join(d, "config.json")) as f:
-            model = json.load(f)["model"]
-        with open(os.path.join(d, "labeled_examples.json")) as f:
+        model = runs.read_record(d)["model"]
+        with open(os.path.join(d, LABELED_RECORD)) as f:
             record = json.load(f)
         per_class, seed = model["labels_per_class"], model["label_seed"]
         mine = np.sort(labeled_subset(labels, per_class, seed))

@@ -75,8 +75,8 @@ _IDENTITY = {
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
     "train": (*LEARNING_FIELDS, "ema_decay"),
 }
-# Values of fields newer than a run record, for comparing it with today's configuration.
-_ABSENT = {"train": {"ema_decay": 0.0, "lr_warmup_steps": 0, "lr_decay": 1.0}}
+# A record written before a train field existed ran with that field's default.
+_ABSENT = {"train": {f.name: f.default for f in dataclasses.fields(TrainConfig)}}
 
 
 class Preempted(RuntimeError):
@@ -403,13 +403,12 @@ class _Run:
         checkpoints/damaged/, so that saving and rotation never count them; leftovers of
         killed saves are removed and the `checkpoint` state file is rewritten from the files.
         """
-        # A checkpoint holds each optimizer's learning rate: an allowed change must win.
-        new_rate = "train.learning_rate" in self.changes
-        optimizers = [opt for opt, _ in self.model.optimizer_variables()] if new_rate else []
-        rates = [float(tf.convert_to_tensor(opt.learning_rate)) for opt in optimizers]
         step, damaged = restore_newest_intact(self.checkpoint, self.checkpoint_dir)
-        for opt, rate in zip(optimizers, rates, strict=True):
-            opt.learning_rate = rate
+        if "train.learning_rate" in self.changes:  # the checkpoint's rate must not win
+            for (opt, _), rate in zip(
+                self.model.optimizer_variables(), self.base_rates, strict=True
+            ):
+                opt.learning_rate = rate
         moved = ""
         if self.chief and damaged:
             moved = f"; moved their files to {move_aside(self.checkpoint_dir, damaged)}"
