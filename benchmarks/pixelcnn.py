@@ -14,6 +14,7 @@ quality (static binarized MNIST unless --binarization says otherwise):
 `pixelcnn.reproduce`); its training step is timed against the peer's side by side with
   python -m benchmarks.pixelcnn --task=speed --arch=pixelcnn --config=reproduce \\
       --train_batches=256,64 --xla=false --sampling=false
+and `--config=keras_io --arch=pixelcnn` is keras-io's example network (`pixelcnn.keras_io`).
 
 Examples (the exact commands behind benchmarks/results.md (PixelCNN)):
   python -m benchmarks.pixelcnn --task=speed --arch=gated
@@ -41,12 +42,18 @@ from absl import flags
 from gen_keras import sampling, train
 from gen_keras.config import DataConfig, TrainConfig, check
 from gen_keras.data import DataSpec
+from gen_keras.layers.masked import MaskedConv2D
 from gen_keras.models import pixelcnn
 from trainers import common
 
 flags.DEFINE_enum("task", "speed", ["speed", "quality"], "What to measure.")
 flags.DEFINE_enum("arch", "gated", list(pixelcnn.ARCHS), "Architecture.")
-flags.DEFINE_enum("config", "default", ["default", "small", "reproduce"], "Model preset.")
+flags.DEFINE_enum(
+    "config",
+    "default",
+    ["default", "small", "reproduce", "keras_io"],
+    "Model preset (keras_io: keras-io's example network, arch pixelcnn).",
+)
 flags.DEFINE_enum("likelihood", "auto", list(pixelcnn.LIKELIHOODS), "Pixel likelihood.")
 flags.DEFINE_string("binarization", "binary_static", "Data mode (binary_static or uint8).")
 flags.DEFINE_list("batch_sizes", ["16", "100"], "speed: sampling batch sizes.")
@@ -56,6 +63,12 @@ flags.DEFINE_integer("train_steps", 10, "speed: timed training steps per XLA set
 flags.DEFINE_bool("xla", True, "speed: also time everything with XLA.")
 flags.DEFINE_bool("bf16", False, "speed: train under keras mixed_bfloat16.")
 flags.DEFINE_bool("sampling", True, "speed: also time the samplers.")
+flags.DEFINE_bool(
+    "peak",
+    False,
+    "speed: also time a float32 2048x2048 matmul (the machine's peak) and report each "
+    "training rate's share of it.",
+)
 flags.DEFINE_float("minutes", 60.0, "quality: training budget in minutes.")
 flags.DEFINE_integer("batch_size", 64, "quality: training batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "quality: Adam learning rate.")
@@ -67,6 +80,11 @@ FLAGS = flags.FLAGS
 def _config() -> pixelcnn.Config:
     if FLAGS.config == "reproduce":
         base = pixelcnn.reproduce(FLAGS.arch)
+    elif FLAGS.config == "keras_io":
+        check(
+            FLAGS.arch == "pixelcnn", "--config=keras_io is a plain PixelCNN: give --arch=pixelcnn"
+        )
+        base = pixelcnn.keras_io()
     else:
         base = {"default": pixelcnn.Config, "small": pixelcnn.small}[FLAGS.config]()
     return dataclasses.replace(base, arch=FLAGS.arch, likelihood=FLAGS.likelihood)
@@ -90,13 +108,46 @@ def _timed(fn, *args, repeats=1):
     return (time.perf_counter() - start) / repeats, out
 
 
+def train_flops_per_image(model, spec) -> dict:
+    """FLOPs of one training step per image, from every masked conv of the network: as
+    executed (the stored kernels, masked zeros included) and useful (the taps the masks
+    keep); a multiply-add is 2 FLOPs, and a step is the forward pass plus twice it backward
+    (gradients of inputs and of weights; an upper bound, the image needs none)."""
+    h, w = spec.shape[:2]
+    stored = useful = 0
+    for layer in model._flatten_layers():
+        if isinstance(layer, MaskedConv2D):
+            taps = layer.kernel_rows * layer.kernel_cols * layer.input_channels * layer.filters
+            kept = taps if layer._mask is None else int(layer._mask.sum())
+            stored, useful = stored + taps, useful + kept
+    return {"stored": 3 * 2 * h * w * stored, "useful": 3 * 2 * h * w * useful}
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 n x n matmul on this machine (best of `repeats`)."""
+    a = tf.random.stateless_normal([n, n], [1, 2])
+    b = tf.random.stateless_normal([n, n], [3, 4])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def speed() -> dict:
     spec = DataSpec((28, 28, 1), FLAGS.binarization, 10)
     if FLAGS.bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = pixelcnn.build(_config(), spec, 1e-3)
     model.build_for_training({"image": _images(spec, 2), "label": tf.zeros([2], tf.int32)})
-    result = {"params": model.count_params(), "train": {}, "sample": {}}
+    flops = train_flops_per_image(model, spec)
+    result = {"params": model.count_params(), "train": {}, "sample": {}, "train_flops": flops}
+    if FLAGS.peak:
+        result["matmul_peak_gflops"] = matmul_peak_gflops()
+        print(f"float32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s")
     for n in (int(b) for b in FLAGS.train_batches):
         batch = {"image": _images(spec, n), "label": tf.zeros([n], tf.int32)}
         for jit in (False, True) if FLAGS.xla else (False,):
@@ -106,7 +157,16 @@ def speed() -> dict:
             step(data)
             seconds, _ = _timed(step, data, repeats=FLAGS.train_steps)
             result["train"][f"{mode}_batch_{n}"] = n / seconds
-            print(f"train {mode} batch {n}: {n / seconds:.1f} images/s")
+            share = ""
+            if FLAGS.peak:
+                gflops = n / seconds * flops["stored"] / 1e9
+                result["train"][f"{mode}_batch_{n}_peak_share"] = (
+                    gflops / result["matmul_peak_gflops"]
+                )
+                share = (
+                    f", {gflops:.1f} GFLOP/s = {gflops / result['matmul_peak_gflops']:.0%} of peak"
+                )
+            print(f"train {mode} batch {n}: {n / seconds:.1f} images/s{share}")
     if not FLAGS.sampling:
         return result
 

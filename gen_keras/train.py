@@ -75,8 +75,16 @@ _IDENTITY = {
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
     "train": (*LEARNING_FIELDS, "ema_decay"),
 }
-# A record written before a train field existed ran with that field's default.
+# A record written before a train or model field existed ran with that field's default.
 _ABSENT = {"train": {f.name: f.default for f in dataclasses.fields(TrainConfig)}}
+
+
+def _absent(section: str, family: str) -> dict:
+    """{field: default} that an older record's missing `section` fields read as."""
+    if section == "model":
+        fields = dataclasses.fields(models.get(family).Config)
+        return json.loads(json.dumps({f.name: f.default for f in fields}))  # as recorded
+    return _ABSENT.get(section, {})
 
 
 class Preempted(RuntimeError):
@@ -273,7 +281,7 @@ def _check_record(old: dict | None, record: dict, model_dir: str, allowed=()) ->
     if old.get("family") != record["family"]:
         diffs.append(f"family {old.get('family')!r} -> {record['family']!r}")
     for section, fields in _IDENTITY.items():
-        a, b = {**_ABSENT.get(section, {}), **old.get(section, {})}, record[section]
+        a, b = {**_absent(section, record["family"]), **old.get(section, {})}, record[section]
         for key in fields or sorted(set(a) | set(b)):
             if a.get(key) == b.get(key):
                 continue

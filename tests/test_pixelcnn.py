@@ -3,6 +3,7 @@ export through the TF Serving loader, TensorBoard pictures, the trainer's usage 
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -25,8 +26,9 @@ from tests.test_export import STATEFUL_RNG, Served
 
 BINARY = DataSpec((5, 7, 1), "binary_static", 10)  # distinct sizes: a swapped axis fails
 COLOUR = DataSpec((5, 7, 3), "uint8", 10)
-# the gated net with pytorch-generative's split vertical convs is tested as a third arch
-ARCHS = (*pixelcnn.ARCHS, "gated_split")
+# the gated net with pytorch-generative's split vertical convs is tested as a third arch,
+# keras-io's residual blocks (no bottleneck, a ReLU after every conv, two output layers) a fourth
+ARCHS = (*pixelcnn.ARCHS, "gated_split", "pixelcnn_post")
 HEADS = [
     ("bernoulli", BINARY),
     ("bernoulli", DataSpec((5, 7, 2), "binary_static", 10)),
@@ -47,6 +49,8 @@ def _config(arch, likelihood="auto", **kw):
     )
     if arch == "gated_split":
         fields.update(arch="gated", vertical="split", skip_channels=12)
+    if arch == "pixelcnn_post":
+        fields.update(arch="pixelcnn", bottleneck=False, activations="post", output_layers=2)
     fields.update(kw)
     return pixelcnn.Config(**fields)
 
@@ -124,6 +128,46 @@ def test_reproduce_presets_are_pytorch_generative_networks():
         assert len(model.blocks) == {"pixelcnn": 15, "gated": 11}[arch]
 
 
+def test_the_keras_io_preset_is_its_network():
+    """keras-io's examples/generative/pixelcnn.py model: 532,673 stored parameters
+    (model.summary() of the example), of which 365,633 are kept by its masks (the 7x7
+    mask A keeps 24 of 49 taps, each 3x3 mask B 5 of 9). A spec, not a metric."""
+    spec = DataSpec((28, 28, 1), "binary_static", 10)
+    model = pixelcnn.PixelCNN(spec, pixelcnn.keras_io())
+    model(tf.zeros([1, 28, 28, 1]))
+    assert _unmasked_params(model) == 365_633
+    assert len(model.blocks) == 5 and len(model.more_hidden) == 1
+    assert [b.reduce.filters for b in model.blocks] == [128] * 5
+    assert [b.conv.filters for b in model.blocks] == [64] * 5
+
+
+_FLOPS = """
+import json
+import tensorflow as tf
+from benchmarks import pixelcnn as bench
+from gen_keras.data import DataSpec
+from gen_keras.models import pixelcnn
+spec = DataSpec((5, 7, 1), "binary_static", 10)
+config = pixelcnn.Config(arch="pixelcnn", hidden=2, layers=1, first_kernel_size=3, output_hidden=4)
+model = pixelcnn.PixelCNN(spec, config)
+model(tf.zeros([1, 5, 7, 1]))
+print(json.dumps(bench.train_flops_per_image(model, spec)))
+"""
+
+
+def test_the_speed_benchmark_counts_the_training_flops_of_the_masked_convs():
+    """Kernel entries (the counts of test_parameter_counts without biases): first 2x3x1x4,
+    block 1x1x4x2, 2x3x2x2, 1x1x2x4, outputs 1x1x4x4, 1x1x4x1: 84 stored, of which the
+    masks keep 72 (mask A keeps 4 of the first kernel's 6 taps, mask B 5 of the 2x3's 6).
+    Per image: 35 pixels, 2 FLOPs a multiply-add, forward plus twice backward."""
+    result = subprocess.run(
+        [sys.executable, "-c", _FLOPS], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    flops = json.loads(result.stdout.strip().splitlines()[-1])
+    assert flops == {"stored": 3 * 2 * 35 * 84, "useful": 3 * 2 * 35 * 72}
+
+
 def test_configuration_errors_are_usage_errors():
     with pytest.raises(UsageError, match="does not fit binarization"):
         pixelcnn.build(pixelcnn.Config(likelihood="categorical"), BINARY, 1e-3)
@@ -135,6 +179,10 @@ def test_configuration_errors_are_usage_errors():
         pixelcnn.Config(arch="lstm")
     with pytest.raises(UsageError, match="vertical='tall' is not one of"):
         pixelcnn.Config(vertical="tall")
+    with pytest.raises(UsageError, match="residual blocks of arch='pixelcnn'; the gated"):
+        pixelcnn.Config(arch="gated", activations="post")
+    with pytest.raises(UsageError, match="output_layers=0 must be"):
+        pixelcnn.Config(output_layers=0)
     with pytest.raises(UsageError, match="must be a binary mode or 'uint8'"):
         pixelcnn.build(pixelcnn.Config(), DataSpec((5, 7, 1), "float", 10), 1e-3)
 

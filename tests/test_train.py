@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 
 from gen_keras import averaging as averaged
 from gen_keras import checkpoints, runs, train
-from gen_keras.config import TrainConfig, UsageError
-from gen_keras.data import ImageData
-from gen_keras.models import vae
+from gen_keras.config import DataConfig, TrainConfig, UsageError
+from gen_keras.data import DataSpec, ImageData
+from gen_keras.models import pixelcnn, vae
 from gen_keras.models.base import dummy_batch
 from tests.conftest import REPO, small_data, small_train
 
@@ -593,6 +593,28 @@ def test_ema_decay_is_part_of_a_runs_identity_and_old_records_mean_zero(
     assert train.fit("vae", vae.small(), small_data(mnist_dir), cfg, verbose=0).step == 18
     with pytest.raises(UsageError, match=r"ema_decay=1\.0 must be in \[0, 1\)"):
         small_train(tmp_path, ema_decay=1.0)
+
+
+def test_a_model_field_added_after_a_run_was_recorded_reads_its_default():
+    """A run recorded before a model field existed ran with its default: it resumes under
+    the default and is refused under another value."""
+    spec = DataSpec((28, 28, 1), "binary_static", 10)
+    record = train._record(
+        "pixelcnn", pixelcnn.reproduce(), DataConfig(), TrainConfig(model_dir="x"), spec
+    )
+    old = json.loads(json.dumps(record))
+    for field in ("bottleneck", "activations", "output_layers"):
+        del old["model"][field]
+    assert train._check_record(old, record, "x") == {}
+    other = train._record(
+        "pixelcnn",
+        dataclasses.replace(pixelcnn.reproduce(), output_layers=2),
+        DataConfig(),
+        TrainConfig(model_dir="x"),
+        spec,
+    )
+    with pytest.raises(UsageError, match=r"model\.output_layers 1 -> 2"):
+        train._check_record(old, other, "x")
 
 
 # -- learning-rate schedule ----------------------------------------------------------------

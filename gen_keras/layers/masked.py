@@ -237,45 +237,66 @@ def _dense(x, weights):
 class ResidualBlock(keras.layers.Layer):
     """PixelCNN residual block (van den Oord et al. 2016a, Fig. 5), with an optional label.
 
-    [B, H, W, 2c] -> ReLU -> 1x1 -> c -> ReLU -> kxk mask B (+ label bias) -> ReLU -> 1x1
-    -> 2c, added to the input. Every conv keeps the colour groups.
+    [B, H, W, 2c] -> ReLU -> 1x1 -> conv_inputs (default c) -> ReLU -> kxk mask B (+ label
+    bias) -> c -> ReLU -> 1x1 -> 2c (-> ReLU with `output_relu`, keras-io's example), added
+    to the input. Every conv keeps the colour groups. With `output_relu` the stream is a
+    sum of ReLU outputs (the caller ReLUs what enters the first block), so the leading
+    ReLU, an identity on it, is skipped.
     """
 
-    def __init__(self, channels, kernel_size=3, color_groups=1, num_classes=0, **kwargs):
+    def __init__(
+        self,
+        channels,
+        kernel_size=3,
+        color_groups=1,
+        num_classes=0,
+        conv_inputs=None,
+        output_relu=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         g = color_groups
-        self.reduce = MaskedConv2D(channels, 1, "B", g, name="reduce")
+        self.conv_inputs = conv_inputs or channels
+        self.output_relu = output_relu
+        self.reduce = MaskedConv2D(self.conv_inputs, 1, "B", g, name="reduce")
         self.conv = MaskedConv2D(channels, kernel_size, "B", g, name="conv")
         self.expand = MaskedConv2D(2 * channels, 1, "B", g, name="expand")
         self.embed = keras.layers.Embedding(num_classes, channels) if num_classes else None
 
+    def _input(self, x):
+        return x if self.output_relu else tf.nn.relu(x)
+
+    def _output(self, out):
+        return tf.nn.relu(out) if self.output_relu else out
+
     def call(self, x, label=None):
-        u = tf.nn.relu(self.reduce(tf.nn.relu(x)))
+        u = tf.nn.relu(self.reduce(self._input(x)))
         t = self.conv(u)
         if self.embed is not None:
             t += self.embed(label)[:, None, None]
-        return x + self.expand(tf.nn.relu(t))
+        return x + self._output(self.expand(tf.nn.relu(t)))
 
     # -- cached sampling: the caller keeps, per block, the last `conv.rows_before` rows of
-    # the conv input u (a ring [B, R, W, c]) and the conv's queue of partial sums.
+    # the conv input u (a ring [B, R, W, conv_inputs]) and the conv's queue of partial sums.
 
     def step_weights(self) -> tuple:
         return _matrix(self.reduce), self.conv.step_matrix(), _matrix(self.expand)
 
     def row_context(self, rows, label_bias=None):
-        """rows [B, R, W, c] of u above row i -> [B, W, c]: the conv's row part (+ label)."""
+        """rows [B, R, W, conv_inputs] of u above row i -> [B, W, c]: the conv's row part
+        (+ label)."""
         out = self.conv.from_rows(rows)
         return out if label_bias is None else out + label_bias[:, None]
 
     def at_pixel(self, weights, context, queue, x):
         """x [B, 2c] at (i, j); context [B, c]; queue [B, left * c] of the conv.
 
-        Returns (output [B, 2c], u [B, c] the conv input at (i, j), the next queue).
+        Returns (output [B, 2c], u [B, conv_inputs] the conv input at (i, j), the next queue).
         """
         reduce, conv, expand = weights
-        u = tf.nn.relu(_dense(tf.nn.relu(x), reduce))
+        u = tf.nn.relu(_dense(self._input(x), reduce))
         t, queue = self.conv.step(conv, queue, u)
-        return x + _dense(tf.nn.relu(t + context), expand), u, queue
+        return x + self._output(_dense(tf.nn.relu(t + context), expand)), u, queue
 
 
 class GatedBlock(keras.layers.Layer):

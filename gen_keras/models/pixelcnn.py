@@ -42,6 +42,7 @@ from gen_keras.models.autoregressive import AutoregressiveModel
 
 ARCHS = ("pixelcnn", "gated")
 VERTICALS = ("square", "split")
+ACTIVATIONS = ("pre", "post")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +69,31 @@ class Config:
         "(pytorch-generative's GatedPixelCNNLayer).",
         VERTICALS,
     )
+    bottleneck: bool = hparam(
+        True,
+        "pixelcnn: the block's first 1x1 narrows 2*hidden to hidden before the kxk conv "
+        "(2016a, Fig. 5); false keeps 2*hidden into it (keras-io's example).",
+    )
+    activations: str = hparam(
+        "pre",
+        "pixelcnn: pre = a ReLU before each block conv, a linear first layer and residual "
+        "stream (2016a, pytorch-generative); post = a ReLU after every conv, the first "
+        "layer's and the block output's included (keras-io's example).",
+        ACTIVATIONS,
+    )
+    output_layers: int = hparam(1, "Hidden 1x1 layers of output_hidden channels before the head.")
     conditional: bool = hparam(False, "Class-label bias in every block.")
 
     def __post_init__(self):
         check_fields(self)
         check(self.skip_channels >= 0, f"skip_channels={self.skip_channels} must be >= 0")
-        for name in ("num_mixtures", "hidden", "layers", "output_hidden"):
+        for name in ("num_mixtures", "hidden", "layers", "output_hidden", "output_layers"):
             check_positive(name, getattr(self, name))
+        check(
+            self.arch == "pixelcnn" or (self.bottleneck and self.activations == "pre"),
+            f"bottleneck={self.bottleneck} and activations={self.activations!r} shape the "
+            "residual blocks of arch='pixelcnn'; the gated net has none",
+        )
         for name in ("kernel_size", "first_kernel_size"):
             value = getattr(self, name)
             check(value > 0 and value % 2 == 1, f"{name}={value} must be odd and > 0")
@@ -109,6 +128,22 @@ def reproduce(arch: str = "pixelcnn") -> Config:
     return Config(arch="pixelcnn", hidden=16, layers=15, output_hidden=32)
 
 
+def keras_io() -> Config:
+    """The network of keras-io's PixelCNN example (examples/generative/pixelcnn.py): a 7x7
+    mask-A conv to 128 channels, 5 residual blocks (ReLU, 1x1 128 -> 128, 3x3 mask B ->
+    64, 1x1 -> 128, a ReLU after each conv), two 1x1 layers of 128 and a Bernoulli head:
+    365,633 weights its masks keep (532,673 stored)."""
+    return Config(
+        arch="pixelcnn",
+        hidden=64,
+        layers=5,
+        output_hidden=128,
+        output_layers=2,
+        bottleneck=False,
+        activations="post",
+    )
+
+
 @keras.saving.register_keras_serializable(package="gen_keras")
 class PixelCNN(AutoregressiveModel):
     """Masked conv net -> per-pixel head parameters [B, H, W, head.num_params(C)]."""
@@ -136,8 +171,17 @@ class PixelCNN(AutoregressiveModel):
         k, k0, hid = config.kernel_size, config.first_kernel_size, config.hidden
         if config.arch == "pixelcnn":
             self.first = MaskedConv2D(2 * hid, k0, "A", groups, name="first")
+            post = config.activations == "post"
             self.blocks = [
-                ResidualBlock(hid, k, groups, classes, name=f"block_{i}")
+                ResidualBlock(
+                    hid,
+                    k,
+                    groups,
+                    classes,
+                    conv_inputs=hid if config.bottleneck else 2 * hid,
+                    output_relu=post,
+                    name=f"block_{i}",
+                )
                 for i in range(config.layers)
             ]
         else:
@@ -156,6 +200,10 @@ class PixelCNN(AutoregressiveModel):
                 for i in range(config.layers)
             ]
         self.out_hidden = MaskedConv2D(config.output_hidden, 1, "B", groups, name="out_hidden")
+        self.more_hidden = [  # output_layers > 1
+            MaskedConv2D(config.output_hidden, 1, "B", groups, name=f"out_hidden_{i}")
+            for i in range(1, config.output_layers)
+        ]
         self.out_params = MaskedConv2D(self.head.num_params(c), 1, "B", groups, name="out")
 
     # -- the network ---------------------------------------------------------------------
@@ -169,12 +217,14 @@ class PixelCNN(AutoregressiveModel):
 
         pixelcnn: the residual stream (2 * hidden); gated: the sum of the skips
         (output_hidden). Between x and these there is no ReLU in the gated net and a
-        linear path through the first layer in the residual one, so a zero gradient here
-        is structural (the receptive field), not a dead unit.
+        linear path through the first layer in the residual one (activations='pre'), so
+        a zero gradient here is structural (the receptive field), not a dead unit.
         """
         x = self.scaled(x)
         if self.config.arch == "pixelcnn":
             features = self.first(x)
+            if self.config.activations == "post":
+                features = tf.nn.relu(features)
             for block in self.blocks:
                 features = block(features, label)
             return features
@@ -190,8 +240,10 @@ class PixelCNN(AutoregressiveModel):
 
     def params(self, x, label=None):
         """x float32 [B, H, W, C] model space -> params [B, H, W, head.num_params(C)]."""
-        features = self.features(x, label)
-        return self.out_params(tf.nn.relu(self.out_hidden(tf.nn.relu(features))))
+        hidden = tf.nn.relu(self.out_hidden(tf.nn.relu(self.features(x, label))))
+        for layer in self.more_hidden:
+            hidden = tf.nn.relu(layer(hidden))
+        return self.out_params(hidden)
 
     def stepper(self, label=None):
         """The cached sampler's stepper (see gen_keras.sampling) for this network."""
@@ -236,12 +288,15 @@ class _Stepper:
     def __init__(self, model: PixelCNN):
         self.m = model
         self.width = model.spec.shape[1]
-        self.out = (_weights(model.out_hidden), _weights(model.out_params))
+        self.hidden = [_weights(layer) for layer in (model.out_hidden, *model.more_hidden)]
+        self.out = _weights(model.out_params)
 
     def _params(self, features):
-        (m1, b1), (m2, b2) = self.out
-        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(features), m1) + b1)
-        return tf.matmul(hidden, m2) + b2
+        hidden = tf.nn.relu(features)
+        for matrix, bias in self.hidden:
+            hidden = tf.nn.relu(tf.matmul(hidden, matrix) + bias)
+        matrix, bias = self.out
+        return tf.matmul(hidden, matrix) + bias
 
     def _contexts(self, state, j):
         """Per-layer row contexts at column j, from the merged [W, B, sum] tensor."""
@@ -269,7 +324,7 @@ class _PixelCNNStepper(_Stepper):
     def init(self, x):
         batch = tf.shape(x)[0]
         rings = [
-            tf.zeros([batch, b.conv.rows_before, self.width, b.conv.filters]) for b in self.m.blocks
+            tf.zeros([batch, b.conv.rows_before, self.width, b.conv_inputs]) for b in self.m.blocks
         ]
         return {"rings": rings, **self._row_state(batch)}
 
@@ -278,7 +333,7 @@ class _PixelCNNStepper(_Stepper):
             "context": tf.zeros([self.width, batch, sum(self.context_sizes)]),
             "queues": [tf.zeros([batch, b.conv.left * b.conv.filters]) for b in self.m.blocks],
             "rows": [
-                tf.TensorArray(tf.float32, size=self.width, element_shape=[None, b.conv.filters])
+                tf.TensorArray(tf.float32, size=self.width, element_shape=[None, b.conv_inputs])
                 for b in self.m.blocks
             ],
         }
@@ -299,6 +354,8 @@ class _PixelCNNStepper(_Stepper):
         contexts = self._contexts(state, j)
         window = _window(self.m, x, i, j, self.first.left)
         h = self.first.from_columns(window, self.first_matrix) + contexts[0]
+        if self.m.config.activations == "post":
+            h = tf.nn.relu(h)
         queues, rows = [], []
         for b, block in enumerate(self.m.blocks):
             h, u, queue = block.at_pixel(self.weights[b], contexts[b + 1], state["queues"][b], h)
