@@ -23,6 +23,16 @@ def first_line(error: BaseException) -> str:
     return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
+def run_checkpoint(model, step, optimizers=()) -> tf.train.Checkpoint:
+    """The object graph of a run's checkpoints: `model`, the global `step` and each optimizer
+    as `optimizer_<i>` (in `model.optimizer_variables()` order). The harness writes and
+    resumes it; `runs.restore_model` reads it (with the optimizers only when it needs their
+    weight averages: a partial restore)."""
+    return tf.train.Checkpoint(
+        model=model, step=step, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}
+    )
+
+
 def checkpoint_files(directory: str) -> dict[int, list[str]]:
     """{step: paths of its ckpt-<step>.index and .data-* files} found in directory."""
     found: dict[int, list[str]] = {}

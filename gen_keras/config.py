@@ -148,7 +148,9 @@ class TrainConfig:
     log_every_steps: int = hparam(50, "Scalar summaries every N steps.")
     num_summary_images: int = hparam(64, "Images in each TensorBoard picture grid.")
     max_train_minutes: float | None = hparam(
-        None, "Stop training after this many minutes of this run, then evaluate and export."
+        None,
+        "Stop after this many minutes of training in this invocation (evaluation, "
+        "checkpoints and the first step, which traces, do not count), then evaluate and export.",
     )
     ema_decay: float = hparam(
         0.0,

@@ -172,11 +172,12 @@ def write_versioned(model_root: str, write_fn, version: int | None = None) -> st
     return final
 
 
-def save(model, path: str) -> None:
+def save(model, path: str, training: dict | None = None) -> None:
     """Writes model.serving_functions() as a SavedModel at path (no versioning).
 
     The first function (by convention `sample`) is also `serving_default`; generative
     models also get `sample_png`. Raises ExportError if any weight is NaN or Inf.
+    `training` (e.g. {"model_dir", "step", "train_seconds"}) goes into the metadata.
     """
     check_finite(model)
     functions = model.serving_functions()
@@ -196,6 +197,7 @@ def save(model, path: str) -> None:
         "spec": model.spec.to_json(),
         "config": dataclasses.asdict(model.config),
         "signatures": ["serving_default", *functions],
+        "training": training or {},
     }
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
     with open(os.path.join(path, METADATA), "w") as f:
@@ -203,20 +205,31 @@ def save(model, path: str) -> None:
 
 
 def read_metadata(path: str) -> dict:
-    """{"family", "spec", "config", "signatures"} of an export written by gen_keras."""
+    """{"family", "spec", "config", "signatures", "training"} of an export written by
+    gen_keras ("training": the run, step and training seconds it came from; {} if not
+    known or written before it was recorded)."""
     with open(os.path.join(path, METADATA)) as f:
         return json.load(f)
 
 
-def export(model, export_root: str, name: str | None = None, version: int | None = None) -> str:
+def export(
+    model,
+    export_root: str,
+    name: str | None = None,
+    version: int | None = None,
+    training: dict | None = None,
+) -> str:
     """Exports a servable SavedModel to <export_root>/<name>/<next version>/ atomically.
 
     Refreshes <export_root>/models.config; returns the version directory. Raises
     UsageError for a bad name, ExportError for non-finite weights (before writing anything).
+    `training` is recorded in the metadata (see `save`).
     """
     name = check_name(name or model.family)
     check_finite(model)
-    path = write_versioned(os.path.join(export_root, name), lambda tmp: save(model, tmp), version)
+    path = write_versioned(
+        os.path.join(export_root, name), lambda tmp: save(model, tmp, training), version
+    )
     write_models_config(export_root)
     return path
 

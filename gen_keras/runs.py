@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -14,7 +15,7 @@ from absl import logging
 
 from gen_keras import models
 from gen_keras.averaging import keep_averages, swap_averages
-from gen_keras.checkpoints import describe_damage, restore_newest_intact
+from gen_keras.checkpoints import describe_damage, restore_newest_intact, run_checkpoint
 from gen_keras.config import UsageError, check, from_dict
 from gen_keras.data import DataSpec
 from gen_keras.export import versions
@@ -22,6 +23,9 @@ from gen_keras.metrics import Classifier
 from gen_keras.models.base import dummy_batch
 
 RUN_RECORD = "config.json"
+# {step: training seconds of the run when ckpt-<step> was written}, for the checkpoints on
+# disk: written by the harness with each checkpoint, so a resumed run knows its clock.
+TRAIN_CLOCK = "train_clock.json"
 
 
 def read_record(model_dir: str) -> dict:
@@ -45,6 +49,20 @@ def build(family: str, config, spec, learning_rate: float | None = None):
     return module.build(config, spec, learning_rate, **extra)
 
 
+def read_clock(model_dir: str) -> dict[int, float]:
+    """{step: training seconds} of a run's checkpoints ({} if it kept no clock); an
+    unreadable clock file is named in a warning and read as none."""
+    path = os.path.join(model_dir, TRAIN_CLOCK)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return {int(step): float(seconds) for step, seconds in json.load(f).items()}
+    except (OSError, ValueError, AttributeError) as e:
+        logging.warning("%s is not a readable training clock (%s): read as none", path, e)
+        return {}
+
+
 def restore_model(model_dir: str):
     """Rebuilds a run's model from its record and restores its newest intact checkpoint.
 
@@ -63,9 +81,7 @@ def restore_model(model_dir: str):
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     # The averages live in the optimizers, saved under the harness's names for them.
     optimizers = [opt for opt, _ in model.optimizer_variables()] if decay else []
-    checkpoint = tf.train.Checkpoint(
-        model=model, step=step, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}
-    )
+    checkpoint = run_checkpoint(model, step, optimizers)
     directory = os.path.join(model_dir, "checkpoints")
     restored, damaged = restore_newest_intact(checkpoint, directory, partial=True)
     check(restored is not None, f"model_dir={model_dir} has no checkpoint to export")
@@ -122,10 +138,13 @@ def load_classifier(path: str) -> Classifier:
     )
 
 
-def sample_from_export(path: str, n: int, seed: int = 0, num_classes: int = 10, batch: int = 500):
+def sample_from_export(
+    path: str, n: int, seed: int = 0, num_classes: int = 10, batch: int = 500, timing=None
+):
     """n samples, uint8 [n, H, W, C], from an export's `sample(seed[, label])` signature.
 
     Row i uses the seed [seed, i]; conditional exports get class-balanced labels i % K.
+    A dict `timing` gets {"seconds": wall time inside the signature calls}.
     """
     exported = latest_export(path)
     check(exported is not None, f"{path!r} holds no SavedModel (<dir>/<version>/saved_model.pb)")
@@ -136,11 +155,15 @@ def sample_from_export(path: str, n: int, seed: int = 0, num_classes: int = 10, 
     )
     sig = loaded.signatures["sample"]
     conditional = "label" in sig.structured_input_signature[1]
-    out = []
+    out, seconds = [], 0.0
     for start in range(0, n, batch):
         rows = np.arange(start, min(n, start + batch), dtype=np.int32)
         inputs = {"seed": tf.constant(np.stack([np.full_like(rows, seed), rows], 1))}
         if conditional:
             inputs["label"] = tf.constant(rows % num_classes)
+        began = time.perf_counter()
         out.append(sig(**inputs)["images"].numpy())
+        seconds += time.perf_counter() - began
+    if timing is not None:
+        timing["seconds"] = seconds
     return np.concatenate(out)

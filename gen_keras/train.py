@@ -6,7 +6,8 @@ works the same under the default, mirrored, multi-worker and TPU strategies (Ker
 `fit` does not run under MultiWorkerMirroredStrategy).
 
 A run lives in `model_dir`: `config.json` (the run record), `checkpoints/`, TensorBoard
-logs in `train/` and `eval/`, sample grids as PNG in `samples/`, and `metrics.json`. A run
+logs in `train/` and `eval/`, sample grids as PNG in `samples/`, `metrics.json` (with the
+run's training seconds) and `train_clock.json` (the training seconds at each checkpoint). A run
 restarted with the same command resumes from its last checkpoint, mid-epoch included, and
 sees exactly the batches and seeds it would have seen; `train_config.seed` also seeds the
 initial weights, so the same command and seed give the same run, bit for bit, on one machine.
@@ -59,12 +60,13 @@ from gen_keras.checkpoints import (
     move_aside,
     non_finite,
     restore_newest_intact,
+    run_checkpoint,
     write_state,
 )
 from gen_keras.config import LEARNING_FIELDS, DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models.base import dummy_batch
-from gen_keras.runs import RUN_RECORD
+from gen_keras.runs import RUN_RECORD, TRAIN_CLOCK, read_clock
 
 # Fields that define what a run learns; a restart with other values would corrupt it. Every
 # model field; these data fields; the train fields in LEARNING_FIELDS (which
@@ -144,6 +146,10 @@ class RunResult:
     final_metrics: dict
     export_path: str | None
     model_dir: str
+    # Training seconds of the whole run so far, resumes included (evaluation, checkpoints
+    # and each invocation's first step excluded); None if an earlier invocation of the run
+    # kept no clock (a run started before the clock existed).
+    train_seconds: float | None = None
 
 
 def check_tf_config(strategy: str) -> None:
@@ -340,6 +346,8 @@ class _Run:
     ):
         self.family = models.get(family)
         self.train_config = train_config
+        # Whether the learning rate follows a schedule (decided once; `schedule` sets it).
+        self.scheduled = bool(train_config.lr_warmup_steps) or train_config.lr_decay != 1.0
         self.strategy = make_strategy(train_config.strategy)
         self.chief = is_chief(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -370,12 +378,9 @@ class _Run:
             ]
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.trained_before: float | None = 0.0  # set by restore
             optimizers = [opt for opt, _ in self.model.optimizer_variables()]
-            self.checkpoint = tf.train.Checkpoint(
-                model=self.model,
-                step=self.step,
-                **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)},
-            )
+            self.checkpoint = run_checkpoint(self.model, self.step, optimizers)
         self.variables = [self.step, *self.model.variables]
         self.variables += [v for opt in optimizers for v in opt.variables]
         self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
@@ -390,7 +395,7 @@ class _Run:
         """Sets every optimizer's learning rate for step `step` (0-based) of the schedule;
         returns {"learning_rate": the first optimizer's}, or {} without a schedule."""
         cfg = self.train_config
-        if not cfg.lr_warmup_steps and cfg.lr_decay == 1.0:
+        if not self.scheduled:
             return {}
         factor = rate_factor(step, cfg.lr_warmup_steps, cfg.lr_decay)
         for (opt, _), base in zip(self.model.optimizer_variables(), self.base_rates, strict=True):
@@ -431,16 +436,32 @@ class _Run:
                 resumed,
                 moved,
             )
-        return int(self.step.numpy())
+        step = int(self.step.numpy())
+        self.trained_before = 0.0 if step == 0 else read_clock(self.model_dir).get(step)
+        return step
 
-    def save(self, step: int) -> None:
+    def train_seconds(self, spent: float) -> float | None:
+        """The run's training seconds: those before this invocation plus `spent` in it."""
+        return None if self.trained_before is None else self.trained_before + spent
+
+    def save(self, step: int, spent: float = 0.0) -> None:
         """Writes ckpt-<step> if every variable (optimizer slots too) is finite, then keeps
-        the newest keep_checkpoints; a non-finite variable raises TrainingError instead."""
+        the newest keep_checkpoints; a non-finite variable raises TrainingError instead.
+        The chief also records the run's training seconds at `step` (`spent`: this
+        invocation's) in the clock file, for the checkpoints on disk."""
         bad = non_finite(self.variables)
         if bad is not None:
             raise TrainingError(
                 f"variable {bad} is not finite at step {step}; stopped without saving it. "
                 f"The last good checkpoint is kept: {self.latest_checkpoint or 'none'}"
+            )
+        seconds = self.train_seconds(spent)
+        if self.chief and seconds is not None:  # first: a save killed half-way has its time
+            kept = set(indexed_steps(self.save_dir))
+            clock = {n: t for n, t in read_clock(self.model_dir).items() if n in kept}
+            _write_json(
+                os.path.join(self.model_dir, TRAIN_CLOCK),
+                {str(n): t for n, t in sorted({**clock, step: seconds}.items())},
             )
         self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
         steps = indexed_steps(self.save_dir)
@@ -570,12 +591,26 @@ def fit(
     if run.chief:
         _write_json(
             os.path.join(run.model_dir, "metrics.json"),
-            {"step": step, "eval": eval_logs, "final": final},
+            {
+                "step": step,
+                "eval": eval_logs,
+                "final": final,
+                "train_seconds": run.train_seconds(loop.spent),
+            },
         )
         if cfg.export:
-            export_path = export_lib.export(model, cfg.export_dir, run.record["family"])
+            training = {
+                "model_dir": os.path.abspath(run.model_dir),
+                "step": step,
+                "train_seconds": run.train_seconds(loop.spent),
+            }
+            export_path = export_lib.export(
+                model, cfg.export_dir, run.record["family"], training=training
+            )
     run.barrier()  # workers leave together: an early exit looks like a crash to the others
-    return RunResult(model, step, eval_logs, final, export_path, run.model_dir)
+    return RunResult(
+        model, step, eval_logs, final, export_path, run.model_dir, run.train_seconds(loop.spent)
+    )
 
 
 class _Loop:
@@ -606,11 +641,29 @@ class _Loop:
             callback.set_model(run.model)
         self.train = _step_function(run, run.model.train_step, jit)
         self.budget = 60 * cfg.max_train_minutes if cfg.max_train_minutes else None
-        self.deadline = None  # starts after the first step: data caching and tracing are free
+        # Training seconds of this invocation: the time between steps, from the end of the
+        # first (data caching and tracing are free), without evaluation and checkpoints.
+        self.spent, self.clock = 0.0, None
+
+    def tick(self) -> None:
+        """Counts the time since the last tick as training (the first tick starts the clock)."""
+        now = time.monotonic()
+        if self.clock is not None:
+            self.spent += now - self.clock
+        self.clock = now
+
+    def pause(self) -> None:
+        """Leaves the time since the last tick uncounted (evaluation, a checkpoint)."""
+        if self.clock is not None:
+            self.clock = time.monotonic()
 
     def out_of_time(self) -> bool:
         """True once max_train_minutes of training in this invocation are spent."""
-        return self.deadline is not None and time.monotonic() > self.deadline
+        return self.budget is not None and self.spent >= self.budget
+
+    def save(self, step: int) -> None:
+        self.run.save(step, self.spent)
+        self.pause()
 
     def epoch(self, step: int, sigterm: _SigtermWatch) -> tuple[int, dict]:
         """Trains from `step` to the end of its epoch; returns (step, eval logs)."""
@@ -636,8 +689,7 @@ class _Loop:
                 break
             rate = run.schedule(step)
             logs = self.train(iterator, rng.fold_in(self.train_seed, step))
-            if self.budget and self.deadline is None:
-                self.deadline = time.monotonic() + self.budget
+            self.tick()
             step += 1
             run.step.assign(step)
             bad = _finite(logs)
@@ -650,9 +702,9 @@ class _Loop:
             if step % cfg.log_every_steps == 0:
                 summaries.scalars(self.train_writer, {**logs, **rate}, step)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                run.save(step)
+                self.save(step)
             if sigterm.requested():
-                run.save(step)
+                self.save(step)
                 self.train_writer.flush()
                 raise Preempted(
                     f"preempted by SIGTERM at step {step}; saved "
@@ -667,7 +719,7 @@ class _Loop:
                 callback.on_epoch_end(epoch, logs)
         eval_logs = {k: v for k, v in logs.items() if k != "step"}
         summaries.scalars(self.eval_writer, eval_logs, step)
-        run.save(step)
+        self.save(step)
         self.train_writer.flush()
         self.eval_writer.flush()
         if self.verbose:

@@ -11,6 +11,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from gen_keras import checkpoints, runs
+from gen_keras.averaging import keep_averages
+from gen_keras.config import from_dict
+from gen_keras.data import DataSpec
+from gen_keras.models import vae
+from gen_keras.models.base import dummy_batch
 from tests.conftest import REPO
 
 
@@ -67,6 +73,9 @@ def _variables(checkpoint):
 
 
 def test_two_workers_train_one_model_with_identical_weights(mnist_dir, tmp_path):
+    """With Polyak averaging on (the averages are optimizer variables, mirrored like the
+    weights): both workers hold the same weights and averages, and the run's averages are
+    what it evaluates and restores."""
     run = tmp_path / "run"
     results = _workers(
         [
@@ -79,6 +88,7 @@ def test_two_workers_train_one_model_with_identical_weights(mnist_dir, tmp_path)
             "--batch_size=32",
             "--epochs=1",
             "--steps_per_epoch=5",
+            "--ema_decay=0.5",
             f"--model_dir={run}",
             "--noexport",
             "--nodownload",
@@ -94,6 +104,25 @@ def test_two_workers_train_one_model_with_identical_weights(mnist_dir, tmp_path)
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     metrics = json.load(open(run / "metrics.json"))
     assert metrics["step"] == 5 and np.isfinite(metrics["final"]["nll_nats"])
+    # The chief's checkpoint read raw: its weights and, in the optimizer, their averages;
+    # restore_model returns the averages in the weights.
+    record = runs.read_record(str(run))
+    spec = DataSpec.from_json(record["spec"])
+    raw = runs.build("vae", from_dict(vae.Config, record["model"]), spec)
+    keep_averages(raw, 0.5)
+    raw.build_for_training(dummy_batch(spec))
+    optimizer = raw.optimizer_variables()[0][0]
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = checkpoints.run_checkpoint(raw, step, [optimizer])
+    checkpoint.read(str(run / "checkpoints" / "ckpt-5")).assert_existing_objects_matched()
+    weights = [v.numpy() for v in optimizer._trainable_variables]
+    averages = [v.numpy() for v in optimizer._model_variables_moving_average]
+    model, restored_step = runs.restore_model(str(run))
+    assert restored_step == int(step.numpy()) == 5
+    restored = [v.numpy() for v in model.optimizer_variables()[0][0]._trainable_variables]
+    for average, value in zip(averages, restored, strict=True):
+        np.testing.assert_array_equal(average, value)
+    assert sum(not np.allclose(a, w) for a, w in zip(averages, weights, strict=True)) >= 2
 
 
 def test_sigterm_to_one_worker_stops_all_at_the_same_saved_step(mnist_dir, tmp_path):

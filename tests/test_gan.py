@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from gen_keras import callbacks, rng, runs, train
+from gen_keras import callbacks, export, rng, runs, scoring, train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models import gan
@@ -377,13 +377,30 @@ def test_compare_ranks_exports_of_every_family_on_one_table(
 
     missing = str(tmp_path / "pixelcnn")  # a family not exported yet: listed, not fatal
     text, rows, skipped = compare.compare(
-        [vae_run.export_path, run.export_path, missing], mnist_classifier.export_path, 200
+        [vae_run.export_path, run.export_path, missing],
+        mnist_classifier.export_path,
+        200,
+        nll_examples=64,
     )
     assert skipped == [missing]
     by_export = {r["export"]: r for r in rows}
     assert set(by_export) == {vae_run.export_path, run.export_path}
     assert by_export[vae_run.export_path]["binary"] and "fid_bin" in by_export[vae_run.export_path]
     assert not by_export[run.export_path]["binary"]
+    # The VAE's NLL column is its export's IWAE bound on the first 64 test images, the one
+    # gen_keras.scoring computes; the GAN has no likelihood, so no NLL.
+    vae_row = by_export[vae_run.export_path]
+    assert vae_row["nll_examples"] == 64 and "nll_nats" not in by_export[run.export_path]
+    signature = tf.saved_model.load(vae_run.export_path).signatures["log_prob"]
+    raw = compare.reference_halves(32)  # the first 64 test images, raw 8-bit
+    labels = np.zeros(64, np.int32)  # not read: the VAE is unconditional
+    mode = export.read_metadata(vae_run.export_path)["spec"]["mode"]
+    expected = -scoring.log_prob(signature, np.concatenate(raw), mode, labels).mean()
+    assert vae_row["nll_nats"] == pytest.approx(expected, rel=1e-5)
+    assert vae_row["nll_bits_per_dim"] == pytest.approx(expected / (784 * np.log(2)), rel=1e-6)
+    assert f"{vae_row['nll_nats']:.2f} nats" in text
+    assert all(r["samples_per_second"] > 0 for r in rows)
+    assert vae_row["train_seconds"] == vae_run.train_seconds > 0  # from the export's metadata
     assert f"features: {os.path.abspath(mnist_classifier.export_path)}" in text
     ranked = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| 1 ")]
     assert ranked == [min(rows, key=lambda r: r["fid"])["export"]]

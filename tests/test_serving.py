@@ -72,6 +72,11 @@ def test_trainers_export_writes_the_next_version_from_the_last_checkpoint(vae_ru
         fresh.close()
         trained.close()
     assert _parse_config(tmp_path / "models.config").model_config_list.config[0].name == "vae"
+    # Both exports name the run, the step and its training clock there.
+    training = export.read_metadata(str(tmp_path / "vae" / "2"))["training"]
+    assert training == export.read_metadata(vae_run.export_path)["training"]
+    assert training["step"] == 12 and training["train_seconds"] == vae_run.train_seconds > 0
+    assert training["model_dir"] == os.path.abspath(vae_run.model_dir)
     bad = subprocess.run(
         [sys.executable, "-m", "trainers.export", f"--model_dir={tmp_path}"],
         cwd=REPO,

@@ -617,6 +617,31 @@ def test_a_model_field_added_after_a_run_was_recorded_reads_its_default():
         train._check_record(old, other, "x")
 
 
+def test_the_time_budget_and_the_training_clock_survive_resumes(mnist_dir, tmp_path):
+    """max_train_minutes counts this invocation's training; the run's clock (training
+    seconds at each checkpoint) carries across resumes into metrics.json and RunResult."""
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+    cfg = small_train(
+        tmp_path, epochs=10_000, steps_per_epoch=8, max_train_minutes=0.01, export=False
+    )
+    first = train.fit("vae", vae.small(), data, cfg, verbose=0)
+    assert first.train_seconds >= 0.6 and 1 < first.step < 80_000
+    clock = runs.read_clock(first.model_dir)
+    assert clock[first.step] == first.train_seconds
+    kept = checkpoints.indexed_steps(os.path.join(first.model_dir, "checkpoints"))
+    assert set(clock) <= set(kept) and first.step in kept
+    metrics = json.loads(open(os.path.join(first.model_dir, "metrics.json")).read())
+    assert metrics["train_seconds"] == first.train_seconds
+    second = train.fit("vae", vae.small(), data, cfg, verbose=0)
+    assert second.step > first.step and second.train_seconds >= first.train_seconds + 0.6
+    # A checkpoint the clock does not know (a run from before the clock): training goes
+    # on, and the run's clock is unknown rather than restarted from zero.
+    os.remove(os.path.join(first.model_dir, runs.TRAIN_CLOCK))
+    third = train.fit("vae", vae.small(), data, cfg, verbose=0)
+    assert third.step > second.step and third.train_seconds is None
+    assert not os.path.exists(os.path.join(first.model_dir, runs.TRAIN_CLOCK))
+
+
 # -- learning-rate schedule ----------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ Writes <export_dir>/<model>/<next version>/ and refreshes <export_dir>/models.co
 --model name exits 2; a checkpoint with NaN or Inf weights is refused (exit 1), one line each.
 """
 
+import os
 import sys
 
 from absl import flags
@@ -27,7 +28,12 @@ def main(argv):
         export.check_name(FLAGS.model)  # before the (slow) restore
     model, step = runs.restore_model(FLAGS.model_dir)
     try:
-        path = export.export(model, FLAGS.export_dir, FLAGS.model)
+        training = {
+            "model_dir": os.path.abspath(FLAGS.model_dir),
+            "step": step,
+            "train_seconds": runs.read_clock(FLAGS.model_dir).get(step),
+        }
+        path = export.export(model, FLAGS.export_dir, FLAGS.model, training=training)
     except export.ExportError as e:
         sys.stderr.write(f"error: {FLAGS.model_dir} (step {step}): {e}\n")
         sys.exit(1)
