@@ -1,19 +1,34 @@
-"""Learning curves: exact test NLL against wall-clock training minutes, resumable.
+"""Learning curves: a test figure against wall-clock training minutes, resumable, any family.
 
 `python -m benchmarks.curves --family=pixelcnn --arch=pixelcnn --config=reproduce \\
     --segment_minutes=8 --segments=4 --model_dir=runs/curve_pixelcnn`
 
 trains in segments of --segment_minutes of training time (gen_keras.train.fit with
 max_train_minutes; each segment resumes the run's last checkpoint), and after each one
-appends {minutes, step, nll_nats, nll_bits_per_dim} (exact NLL over the whole test
-split) to <model_dir>/curve.json and draws <model_dir>/curve.png (when matplotlib is
-installed). Minutes count training only (tracing, evaluation and checkpoints excluded)
-and add up across invocations, so rerunning the same command extends the curve past one
-session. Static binarization by default (the PixelRNN paper's protocol).
+appends the run's end-of-segment figures on the eval split (the test split by default) to
+<model_dir>/curve.json and draws the curve's figure against minutes in
+<model_dir>/curve.png (when matplotlib is installed). A point's minutes are the run's
+training clock (`RunResult.train_seconds`: tracing, evaluation and checkpoints excluded,
+resumes included), so rerunning the same command extends the curve past one session, and
+a segment killed half-way costs nothing but its time: the next one resumes its last
+checkpoint and its clock.
+
+The figure drawn (`curve.json`'s "metric"):
+- pixelcnn, pixelrnn on binary data: the exact NLL in nats (static binarization by
+  default, the PixelRNN paper's protocol); on 8-bit data (--binarization=uint8), bits/dim;
+- vae: -IWAE_{eval_k} in nats (a bound on the NLL; --train_k > 1 trains on IWAE);
+- gan: FID on the features of --classifier (an export or run of trainers.classifier),
+  from --final_samples samples (required: a GAN has no likelihood to draw).
+
+Flags: --family, --config (the family's preset, default `reproduce`), the model fields of
+the four families (those given must be fields of --family's Config), and the shared data
+and training flags of the trainers (those not given take `trainers.<family>`'s defaults,
+except that the clock ends each segment, no export is written, XLA is off and a checkpoint
+is saved every 500 steps).
 
 `--reference=FILE` draws another run's curve beside this one (JSON lines with
-`train_minutes` and `test_nll_nats`, e.g. a peer library's points measured on the same
-test images), for a race at equal training minutes. `--ema_decay=0.999` evaluates the
+`train_minutes` and `test_<metric>`, e.g. a peer library's `test_nll_nats` measured on the
+same test images), for a race at equal training minutes. `--ema_decay=0.999` evaluates the
 Polyak-averaged weights (`TrainConfig.ema_decay`), fixed for a run directory.
 """
 
@@ -26,9 +41,8 @@ import time
 
 from absl import flags
 
-from gen_keras import train
-from gen_keras.config import DataConfig, TrainConfig
-from gen_keras.models import pixelcnn, pixelrnn
+from gen_keras import checkpoints, models, runs, train
+from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError, check, preset
 from trainers import common
 
 try:  # the picture is optional; the JSON is the record
@@ -36,30 +50,41 @@ try:  # the picture is optional; the JSON is the record
 except ImportError:
     pyplot = None
 
-FAMILIES = {"pixelcnn": pixelcnn, "pixelrnn": pixelrnn}
-flags.DEFINE_enum("family", "pixelcnn", list(FAMILIES), "Model family.")
-flags.DEFINE_string("arch", "pixelcnn", "The family's architecture (Config.arch).")
-flags.DEFINE_enum("config", "reproduce", ["default", "small", "reproduce"], "Model preset.")
-flags.DEFINE_string("binarization", "binary_static", "Data mode.")
-flags.DEFINE_float("segment_minutes", 8.0, "Training minutes between two curve points.")
-flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation.")
-flags.DEFINE_integer("batch_size", 64, "Training batch size.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("lr_warmup_steps", 0, "Linear learning-rate warm-up steps.")
-flags.DEFINE_float("lr_decay", 1.0, "Per-step learning-rate decay after the warm-up.")
-flags.DEFINE_float("ema_decay", 0.0, "Polyak averaging of the weights for evaluation (0: off).")
-flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, curve.json, curve.png).")
-flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_nll_nats} to draw too.")
-flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
+FAMILIES = ("pixelcnn", "pixelrnn", "vae", "gan")
+MODULES = [models.get(name) for name in FAMILIES]
+# The clock, not the epochs, ends each segment.
+SCHEDULE = TrainConfig(epochs=10_000, export=False, jit_compile="off", checkpoint_every_steps=500)
+LABELS = {
+    "nll_nats": "test NLL (nats)",
+    "nll_bits_per_dim": "test NLL (bits/dim)",
+    "fid": "FID (classifier features)",
+}
 FLAGS = flags.FLAGS
 
 
-def _config():
-    module = FAMILIES[FLAGS.family]
-    if FLAGS.config == "reproduce":
-        return module.reproduce(FLAGS.arch)
-    base = module.small() if FLAGS.config == "small" else module.Config(arch=FLAGS.arch)
-    return dataclasses.replace(base, arch=FLAGS.arch)
+def define_flags() -> None:
+    """The script's flags (defined only when it runs, so its helpers import anywhere)."""
+    common.define_config_flags(DataConfig())
+    common.define_config_flags(SCHEDULE)
+    common.define_union_model_flags(MODULES)
+    flags.DEFINE_enum("family", "pixelcnn", list(FAMILIES), "Model family.")
+    flags.DEFINE_enum("config", "reproduce", list(PRESETS), "Model preset (fields given win).")
+    flags.DEFINE_float("segment_minutes", 8.0, "Training minutes between two curve points.")
+    flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation (0: redraw).")
+    flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_<metric>} to draw.")
+    flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
+
+
+def metric_for(family: str, data: DataConfig, model_config) -> str:
+    """The figure a curve of `family` draws (a key of the run's final metrics)."""
+    if family == "gan":
+        check(
+            bool(model_config.classifier),
+            "--family=gan draws FID against minutes: give --classifier=<an export or run dir "
+            "of trainers.classifier>",
+        )
+        return "fid"
+    return "nll_nats" if data.binarization.startswith("binary") else "nll_bits_per_dim"
 
 
 def _load(path) -> dict:
@@ -69,8 +94,8 @@ def _load(path) -> dict:
     return {"points": []}
 
 
-def read_reference(path) -> list[dict]:
-    """Points {minutes, nll_nats} from JSON lines {train_minutes, test_nll_nats, ...}."""
+def read_reference(path, metric: str = "nll_nats") -> list[dict]:
+    """Points {minutes, <metric>} from JSON lines {train_minutes, test_<metric>, ...}."""
     points = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -79,7 +104,7 @@ def read_reference(path) -> list[dict]:
             record = json.loads(line)
             try:
                 points.append(
-                    {"minutes": record["train_minutes"], "nll_nats": record["test_nll_nats"]}
+                    {"minutes": record["train_minutes"], metric: record[f"test_{metric}"]}
                 )
             except KeyError as e:
                 raise ValueError(f"{path}:{number}: a reference point needs {e}") from None
@@ -90,18 +115,17 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
     """Draws curve["points"] (and reference points) as a PNG; False without matplotlib."""
     if pyplot is None:
         return False
+    metric = curve.get("metric", "nll_nats")
     figure, axes = pyplot.subplots(figsize=(5, 3.5))
     lines = [("gen_keras", curve["points"])]
     if reference:
         lines.append((reference_name, reference))
     for label, points in lines:
-        axes.plot(
-            [p["minutes"] for p in points], [p["nll_nats"] for p in points], "o-", label=label
-        )
+        axes.plot([p["minutes"] for p in points], [p[metric] for p in points], "o-", label=label)
     if reference:
         axes.legend()
     axes.set_xlabel("training minutes (this CPU)")
-    axes.set_ylabel("exact test NLL (nats)")
+    axes.set_ylabel(LABELS.get(metric, metric))
     axes.set_title(curve["name"])
     figure.tight_layout()
     figure.savefig(path)
@@ -109,60 +133,133 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
     return True
 
 
-def main(argv):
-    del argv
-    config = _config()
-    model_dir = FLAGS.model_dir or f"runs/curve_{FLAGS.family}_{FLAGS.arch}_{FLAGS.config}"
+def adopt_clock(model_dir: str, points: list[dict]) -> None:
+    """A curve begun before the harness kept a training clock: its last point's minutes
+    become the clock at its step, so that later points count from there. Refuses a run
+    that trained past its last point without a clock (a segment killed before that
+    existed), whose minutes cannot be known."""
+    if not points or points[-1]["step"] in runs.read_clock(model_dir):
+        return
+    last = points[-1]
+    steps = checkpoints.indexed_steps(os.path.join(model_dir, "checkpoints"))
+    check(
+        steps and steps[-1] == last["step"],
+        f"{model_dir} trained to step {steps[-1] if steps else None} after its curve's last "
+        f"point (step {last['step']}) without a training clock: its minutes are unknown; "
+        "extend a copy from a checkpoint at that step, or start a new --model_dir",
+    )
+    with open(os.path.join(model_dir, runs.TRAIN_CLOCK), "w") as f:
+        json.dump({str(last["step"]): 60.0 * last["minutes"]}, f)
+
+
+def extend(
+    family: str,
+    model_config,
+    data: DataConfig,
+    train_config: TrainConfig,
+    segment_minutes: float,
+    segments: int,
+    name: str = "",
+    reference=None,
+    reference_name: str = "reference",
+    verbose: int = 0,
+) -> dict:
+    """Adds `segments` points to the curve in train_config.model_dir (resuming its run);
+    returns the curve. Each segment trains `segment_minutes` more minutes, then records
+    the run's final figures (floats) under the minutes trained so far."""
+    metric = metric_for(family, data, model_config)
+    model_dir = train_config.model_dir
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, "curve.json")
     curve = _load(path)
-    reference = read_reference(FLAGS.reference) if FLAGS.reference else None
-    curve.update(
-        name=f"{FLAGS.family} {FLAGS.arch} ({FLAGS.config}), {FLAGS.binarization}",
-        config=dataclasses.asdict(config),
-        batch_size=FLAGS.batch_size,
-        ema_decay=FLAGS.ema_decay,
-        lr_warmup_steps=FLAGS.lr_warmup_steps,
-        lr_decay=FLAGS.lr_decay,
+    check(
+        curve.get("metric", "nll_nats") == metric or not curve["points"],
+        f"{path} draws {curve.get('metric', 'nll_nats')}, not {metric}: extend it with its "
+        "own family and data, or give another --model_dir",
     )
-    if FLAGS.segments == 0:  # redraw only (e.g. after the reference's points arrived)
-        draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
-    for _ in range(FLAGS.segments):
-        done = curve["points"][-1]["minutes"] if curve["points"] else 0.0
-        train_config = TrainConfig(
-            batch_size=FLAGS.batch_size,
-            epochs=10_000,  # the clock, not the epochs, ends each segment
-            learning_rate=FLAGS.learning_rate,
-            model_dir=model_dir,
-            export=False,
-            jit_compile="off",
-            checkpoint_every_steps=500,
-            max_train_minutes=FLAGS.segment_minutes,
-            ema_decay=FLAGS.ema_decay,
-            lr_warmup_steps=FLAGS.lr_warmup_steps,
-            lr_decay=FLAGS.lr_decay,
-        )
+    curve.update(
+        name=name or family,
+        family=family,
+        metric=metric,
+        config=dataclasses.asdict(model_config),
+        batch_size=train_config.batch_size,
+        ema_decay=train_config.ema_decay,
+        lr_warmup_steps=train_config.lr_warmup_steps,
+        lr_decay=train_config.lr_decay,
+    )
+    png = os.path.join(model_dir, "curve.png")
+    if segments == 0:  # redraw only (e.g. after the reference's points arrived)
+        draw(curve, png, reference, reference_name)
+    segment = dataclasses.replace(train_config, max_train_minutes=segment_minutes)
+    for _ in range(segments):
+        adopt_clock(model_dir, curve["points"])
         start = time.monotonic()
-        run = train.fit(
-            FLAGS.family,
-            config,
-            DataConfig(binarization=FLAGS.binarization),
-            train_config,
-            verbose=common.verbosity(),
+        run = train.fit(family, model_config, data, segment, verbose=verbose)
+        check(
+            run.train_seconds is not None,
+            f"{model_dir} resumed a checkpoint its training clock does not know: its minutes "
+            "are unknown; start a new --model_dir",
         )
+        figures = {k: v for k, v in run.final_metrics.items() if isinstance(v, float)}
         point = {
-            "minutes": done + FLAGS.segment_minutes,
+            "minutes": run.train_seconds / 60.0,
             "step": run.step,
-            "nll_nats": run.final_metrics["nll_nats"],
-            "nll_bits_per_dim": run.final_metrics["nll_bits_per_dim"],
+            **figures,
             "segment_wall_minutes": (time.monotonic() - start) / 60,
         }
         curve["points"].append(point)
         with open(path, "w") as f:
             json.dump(curve, f, indent=1)
-        draw(curve, os.path.join(model_dir, "curve.png"), reference, FLAGS.reference_name)
-        print(json.dumps(point))
+        draw(curve, png, reference, reference_name)
+        print(json.dumps(point), flush=True)
+    return curve
+
+
+def configs(family: str):
+    """(model, data, train) configs from the flags: the preset with the model fields given,
+    trainers.<family>'s data and training defaults with the shared flags given."""
+    module = models.get(family)
+    fields = common.family_fields(module, MODULES)
+    model_config = dataclasses.replace(preset(module, FLAGS.config, **fields), **fields)
+    family_train, family_data = common.DEFAULTS[family]
+    data = dataclasses.replace(family_data, **common.given(DataConfig))
+    given = common.given(TrainConfig)
+    if "max_train_minutes" in given:
+        raise UsageError("--max_train_minutes does not apply: --segment_minutes is the clock")
+    arch = getattr(model_config, "arch", "")
+    defaults = dict(
+        epochs=SCHEDULE.epochs,
+        export=SCHEDULE.export,
+        jit_compile=SCHEDULE.jit_compile,
+        checkpoint_every_steps=SCHEDULE.checkpoint_every_steps,
+        model_dir=os.path.join(
+            "runs", "_".join(x for x in ("curve", family, arch, FLAGS.config) if x)
+        ),
+    )
+    train_config = dataclasses.replace(family_train, **{**defaults, **given})
+    return model_config, data, train_config
+
+
+def main(argv):
+    del argv
+    model_config, data, train_config = configs(FLAGS.family)
+    metric = metric_for(FLAGS.family, data, model_config)
+    reference = read_reference(FLAGS.reference, metric) if FLAGS.reference else None
+    arch = getattr(model_config, "arch", "")
+    extend(
+        FLAGS.family,
+        model_config,
+        data,
+        train_config,
+        FLAGS.segment_minutes,
+        FLAGS.segments,
+        name=f"{FLAGS.family} {arch} ({FLAGS.config}), {data.binarization}".replace("  ", " "),
+        reference=reference,
+        reference_name=FLAGS.reference_name,
+        verbose=common.verbosity(),
+    )
 
 
 if __name__ == "__main__":
+    define_flags()
     common.run(main)

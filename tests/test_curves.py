@@ -1,10 +1,19 @@
-"""benchmarks/curves.py: reading a reference (peer) curve and drawing the race as a PNG."""
+"""benchmarks/curves.py: the figure each family draws, curves that resume across segments
+and invocations (a VAE from the command line, a GAN's FID in process), reading a reference
+(peer) curve and drawing the race as a PNG."""
 
+import dataclasses
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import curves
+from gen_keras.config import DataConfig, UsageError
+from gen_keras.models import gan, pixelcnn
+from tests.conftest import REPO, small_data, small_train
 
 
 def _write_lines(path, records):
@@ -45,3 +54,87 @@ def test_draw_writes_png_with_both_curves(tmp_path):
     for path in (alone, both):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert alone.read_bytes() != both.read_bytes()  # the reference line and legend are drawn
+
+
+def test_each_family_draws_its_figure_and_a_gan_needs_a_classifier():
+    binary, eight_bit = DataConfig(), DataConfig(binarization="uint8")
+    assert curves.metric_for("pixelcnn", binary, pixelcnn.reproduce()) == "nll_nats"
+    assert curves.metric_for("pixelcnn", eight_bit, pixelcnn.Config()) == "nll_bits_per_dim"
+    assert curves.metric_for("gan", binary, gan.Config(classifier="runs/classifier")) == "fid"
+    with pytest.raises(UsageError, match="--family=gan draws FID against minutes: give"):
+        curves.metric_for("gan", binary, gan.small())
+
+
+def test_a_vae_curve_from_the_command_line_resumes_segment_after_segment(mnist_dir, tmp_path):
+    run = tmp_path / "curve"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.curves",
+        "--family=vae",
+        "--config=small",
+        "--eval_k=4",
+        f"--data_dir={mnist_dir}",
+        "--nodownload",
+        "--train_split=train[:512]",
+        "--eval_split=test[:128]",
+        "--batch_size=32",
+        "--segment_minutes=0.02",
+        f"--model_dir={run}",
+    ]
+    result = subprocess.run(
+        [*command, "--segments=2"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    curve = json.loads((run / "curve.json").read_text())
+    assert curve["family"] == "vae" and curve["metric"] == "nll_nats"
+    assert curve["config"]["eval_k"] == 4 and curve["batch_size"] == 32
+    points = curve["points"]
+    # Minutes are the run's training clock: each segment trains at least its 0.02 minutes,
+    # and the second resumed the first (its steps and its clock).
+    assert points[0]["minutes"] >= 0.02 and points[1]["minutes"] - points[0]["minutes"] >= 0.02
+    assert 0 < points[0]["step"] < points[1]["step"]
+    clock = json.loads((run / "train_clock.json").read_text())
+    assert clock[str(points[1]["step"])] == pytest.approx(60 * points[1]["minutes"])
+    assert all(math.isfinite(p["nll_nats"]) and p["nll_nats"] > 0 for p in points)
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A GAN's FID cannot extend this curve, and the refusal comes before any training.
+    refused = subprocess.run(
+        [*command[:3], "--family=gan", "--config=small", "--classifier=x", f"--model_dir={run}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "draws nll_nats, not fid" in refused.stderr
+    assert json.loads((run / "curve.json").read_text()) == curve
+
+
+def test_a_gan_curve_draws_fid_on_the_classifier(mnist_dir, tmp_path, mnist_classifier):
+    config = dataclasses.replace(
+        gan.small(), classifier=mnist_classifier.model_dir, fid_samples=64, final_samples=128
+    )
+    data = small_data(mnist_dir, binarization="float_symmetric")
+    train = small_train(tmp_path, epochs=10_000, steps_per_epoch=None, export=False)
+    curve = curves.extend("gan", config, data, train, segment_minutes=0.02, segments=1)
+    assert curve["metric"] == "fid" and len(curve["points"]) == 1
+    point = curve["points"][0]
+    assert point["step"] > 0 and math.isfinite(point["fid"]) and point["fid"] > 0
+    assert json.loads((tmp_path / "run" / "curve.json").read_text()) == curve
+
+
+def test_an_older_curve_adopts_its_last_point_as_the_clock_or_is_refused(tmp_path):
+    """A run curved before the harness kept a clock: its last point's minutes become the
+    clock at its step; past that step without a clock, its minutes are unknown."""
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / "ckpt-40.index").write_bytes(b"")
+    points = [{"minutes": 8.0, "step": 40, "nll_nats": 93.0}]
+    curves.adopt_clock(str(tmp_path), points)
+    assert json.loads((tmp_path / "train_clock.json").read_text()) == {"40": 480.0}
+    (tmp_path / "train_clock.json").unlink()
+    (ckpt / "ckpt-90.index").write_bytes(b"")  # a segment killed after step 40, no clock
+    with pytest.raises(UsageError, match="trained to step 90 after its curve's last point"):
+        curves.adopt_clock(str(tmp_path), points)
