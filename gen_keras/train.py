@@ -77,16 +77,14 @@ _IDENTITY = {
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
     "train": (*LEARNING_FIELDS, "ema_decay"),
 }
-# A record written before a train or model field existed ran with that field's default.
-_ABSENT = {"train": {f.name: f.default for f in dataclasses.fields(TrainConfig)}}
 
 
 def _absent(section: str, family: str) -> dict:
-    """{field: default} that an older record's missing `section` fields read as."""
-    if section == "model":
-        fields = dataclasses.fields(models.get(family).Config)
-        return json.loads(json.dumps({f.name: f.default for f in fields}))  # as recorded
-    return _ABSENT.get(section, {})
+    """{field: default, as recorded} that an older record's missing `section` fields read
+    as: a record written before a train or model field existed ran with its default."""
+    cls = {"train": TrainConfig, "model": models.get(family).Config}.get(section)
+    fields = dataclasses.fields(cls) if cls else ()
+    return json.loads(json.dumps({f.name: f.default for f in fields}))
 
 
 class Preempted(RuntimeError):
@@ -378,7 +376,10 @@ class _Run:
             ]
             transfer.warm_start(self.model)  # a checkpoint, if any, is restored over it
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.trained_before: float | None = 0.0  # set by restore
+            # The run's clock {step: training seconds} and its value at the restored step
+            # (None: a checkpoint the clock never saw); both set by restore.
+            self.clock: dict[int, float] = {}
+            self.trained_before: float | None = 0.0
             optimizers = [opt for opt, _ in self.model.optimizer_variables()]
             self.checkpoint = run_checkpoint(self.model, self.step, optimizers)
         self.variables = [self.step, *self.model.variables]
@@ -437,7 +438,8 @@ class _Run:
                 moved,
             )
         step = int(self.step.numpy())
-        self.trained_before = 0.0 if step == 0 else read_clock(self.model_dir).get(step)
+        self.clock = read_clock(self.model_dir) if step else {}
+        self.trained_before = self.clock.get(step, 0.0 if step == 0 else None)
         return step
 
     def train_seconds(self, spent: float) -> float | None:
@@ -458,10 +460,11 @@ class _Run:
         seconds = self.train_seconds(spent)
         if self.chief and seconds is not None:  # first: a save killed half-way has its time
             kept = set(indexed_steps(self.save_dir))
-            clock = {n: t for n, t in read_clock(self.model_dir).items() if n in kept}
+            self.clock = {n: t for n, t in self.clock.items() if n in kept}
+            self.clock[step] = seconds
             _write_json(
                 os.path.join(self.model_dir, TRAIN_CLOCK),
-                {str(n): t for n, t in sorted({**clock, step: seconds}.items())},
+                {str(n): t for n, t in sorted(self.clock.items())},
             )
         self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
         steps = indexed_steps(self.save_dir)
@@ -588,29 +591,23 @@ def fit(
     summaries.scalars(loop.eval_writer, final, step, prefix="final/")
     loop.eval_writer.flush()
     export_path = None
+    seconds = run.train_seconds(loop.spent)
     if run.chief:
         _write_json(
             os.path.join(run.model_dir, "metrics.json"),
-            {
-                "step": step,
-                "eval": eval_logs,
-                "final": final,
-                "train_seconds": run.train_seconds(loop.spent),
-            },
+            {"step": step, "eval": eval_logs, "final": final, "train_seconds": seconds},
         )
         if cfg.export:
             training = {
                 "model_dir": os.path.abspath(run.model_dir),
                 "step": step,
-                "train_seconds": run.train_seconds(loop.spent),
+                "train_seconds": seconds,
             }
             export_path = export_lib.export(
                 model, cfg.export_dir, run.record["family"], training=training
             )
     run.barrier()  # workers leave together: an early exit looks like a crash to the others
-    return RunResult(
-        model, step, eval_logs, final, export_path, run.model_dir, run.train_seconds(loop.spent)
-    )
+    return RunResult(model, step, eval_logs, final, export_path, run.model_dir, seconds)
 
 
 class _Loop:
