@@ -26,6 +26,13 @@ and training flags of the trainers (those not given take `trainers.<family>`'s d
 except that the clock ends each segment, no export is written, XLA is off and a checkpoint
 is saved every 500 steps).
 
+`--targets=81.30,79.20` states, per published figure, how far the curve's last point is from
+it and the training hours at which the curve would reach it if its recent slope held (a
+straight line through its last `FIT_POINTS` points against log-minutes: a figure that gains
+the same amount per doubling of training time). Real curves flatten as they near what the
+model can reach, so the hours are a lower bound, not a forecast. They are written to
+curve.json ("targets") and drawn as dashed lines.
+
 `--reference=FILE` draws another run's curve beside this one (JSON lines with
 `train_minutes` and `test_<metric>`, e.g. a peer library's `test_nll_nats` measured on the
 same test images), for a race at equal training minutes. `--ema_decay=0.999` evaluates the
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -73,6 +81,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("segments", 1, "Curve points to add in this invocation (0: redraw).")
     flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_<metric>} to draw.")
     flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
+    flags.DEFINE_list("targets", [], "Published figures to state the distance and hours to.")
 
 
 def metric_for(family: str, data: DataConfig, model_config) -> str:
@@ -111,6 +120,56 @@ def read_reference(path, metric: str = "nll_nats") -> list[dict]:
     return sorted(points, key=lambda p: p["minutes"])
 
 
+FIT_POINTS = 3  # the recent slope: a straight line through the last three points
+
+
+def extrapolate(points: list[dict], metric: str, target: float) -> dict:
+    """How far the curve's last point is from `target` (a figure to get down to) and when it
+    would reach it: `reached_minutes` (the first point at or below it), or `hours` from a
+    least-squares line of the figure against ln(minutes) through the last FIT_POINTS
+    points (None when those do not improve: no finite time)."""
+    check(bool(points), "the curve has no point yet: train a segment first")
+    last = points[-1]
+    result = {
+        "target": target,
+        "last_minutes": last["minutes"],
+        "last": last[metric],
+        "gap": last[metric] - target,
+    }
+    reached = [p["minutes"] for p in points if p[metric] <= target]
+    if reached:
+        return {**result, "reached_minutes": reached[0]}
+    fitted = [p for p in points if p["minutes"] > 0][-FIT_POINTS:]
+    if len(fitted) < 2:
+        return {**result, "hours": None, "why": "two points with minutes > 0 are needed"}
+    xs = [math.log(p["minutes"]) for p in fitted]
+    ys = [p[metric] for p in fitted]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    result.update(per_doubling=slope * math.log(2), fitted_minutes=[p["minutes"] for p in fitted])
+    if slope >= 0:
+        return {**result, "hours": None, "why": "the last points do not improve"}
+    minutes = math.exp(mean_x + (target - mean_y) / slope)
+    return {**result, "hours": minutes / 60.0}
+
+
+def describe(estimate: dict) -> str:
+    """One line for a target's estimate."""
+    head = (
+        f"target {estimate['target']:g}: {estimate['last']:.2f} at "
+        f"{estimate['last_minutes']:.0f} min ({estimate['gap']:+.2f})"
+    )
+    if "reached_minutes" in estimate:
+        return f"{head}, reached at {estimate['reached_minutes']:.0f} min"
+    if estimate["hours"] is None:
+        return f"{head}, no finite estimate: {estimate['why']}"
+    return (
+        f"{head}, {estimate['per_doubling']:+.2f} per doubling of time, "
+        f"~{estimate['hours']:.1f} h at that slope (a lower bound)"
+    )
+
+
 def draw(curve, path, reference=None, reference_name="reference") -> bool:
     """Draws curve["points"] (and reference points) as a PNG; False without matplotlib."""
     if pyplot is None:
@@ -122,6 +181,15 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
         lines.append((reference_name, reference))
     for label, points in lines:
         axes.plot([p["minutes"] for p in points], [p[metric] for p in points], "o-", label=label)
+    for estimate in curve.get("targets", []):
+        axes.axhline(estimate["target"], linestyle="--", linewidth=0.8, color="gray")
+        axes.annotate(
+            f"published {estimate['target']:g}",
+            (0, estimate["target"]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="gray",
+        )
     if reference:
         axes.legend()
     axes.set_xlabel("training minutes (this CPU)")
@@ -162,11 +230,13 @@ def extend(
     name: str = "",
     reference=None,
     reference_name: str = "reference",
+    targets: tuple[float, ...] = (),
     verbose: int = 0,
 ) -> dict:
     """Adds `segments` points to the curve in train_config.model_dir (resuming its run);
     returns the curve. Each segment trains `segment_minutes` more minutes, then records
-    the run's final figures (floats) under the minutes trained so far."""
+    the run's final figures (floats) under the minutes trained so far. With `targets`,
+    the curve states its distance and estimated hours to each (see `extrapolate`)."""
     metric = metric_for(family, data, model_config)
     model_dir = train_config.model_dir
     os.makedirs(model_dir, exist_ok=True)
@@ -188,7 +258,18 @@ def extend(
         lr_decay=train_config.lr_decay,
     )
     png = os.path.join(model_dir, "curve.png")
-    if segments == 0:  # redraw only (e.g. after the reference's points arrived)
+
+    def estimate():
+        if targets:
+            curve["targets"] = [extrapolate(curve["points"], metric, t) for t in targets]
+            for line in curve["targets"]:
+                print(describe(line), flush=True)
+
+    if segments == 0:  # redraw only (e.g. after the reference's points or targets arrived)
+        if targets:
+            estimate()
+            with open(path, "w") as f:
+                json.dump(curve, f, indent=1)
         draw(curve, png, reference, reference_name)
     segment = dataclasses.replace(train_config, max_train_minutes=segment_minutes)
     for _ in range(segments):
@@ -208,6 +289,7 @@ def extend(
             "segment_wall_minutes": (time.monotonic() - start) / 60,
         }
         curve["points"].append(point)
+        estimate()
         with open(path, "w") as f:
             json.dump(curve, f, indent=1)
         draw(curve, png, reference, reference_name)
@@ -240,6 +322,16 @@ def configs(family: str):
     return model_config, data, train_config
 
 
+def parse_targets(values) -> list[float]:
+    """--targets as numbers, or a one-line error."""
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise UsageError(
+            f"--targets takes numbers, e.g. 81.30,79.20; got {','.join(values)}"
+        ) from None
+
+
 def main(argv):
     del argv
     model_config, data, train_config = configs(FLAGS.family)
@@ -256,6 +348,7 @@ def main(argv):
         name=f"{FLAGS.family} {arch} ({FLAGS.config}), {data.binarization}".replace("  ", " "),
         reference=reference,
         reference_name=FLAGS.reference_name,
+        targets=tuple(parse_targets(FLAGS.targets)),
         verbose=common.verbosity(),
     )
 

@@ -138,3 +138,47 @@ def test_an_older_curve_adopts_its_last_point_as_the_clock_or_is_refused(tmp_pat
     (ckpt / "ckpt-90.index").write_bytes(b"")  # a segment killed after step 40, no clock
     with pytest.raises(UsageError, match="trained to step 90 after its curve's last point"):
         curves.adopt_clock(str(tmp_path), points)
+
+
+def _log_line(minutes, start=100.0, per_e=-2.0):
+    """Points exactly on y = start + per_e * ln(minutes)."""
+    return [{"minutes": m, "nll_nats": start + per_e * math.log(m)} for m in minutes]
+
+
+def test_extrapolation_follows_the_last_points_slope_in_log_minutes():
+    # The first point is off the line: only the last three are fitted.
+    points = [{"minutes": 1.0, "nll_nats": 150.0}, *_log_line([2.0, 4.0, 8.0])]
+    estimate = curves.extrapolate(points, "nll_nats", 90.0)
+    assert estimate["fitted_minutes"] == [2.0, 4.0, 8.0]
+    assert estimate["per_doubling"] == pytest.approx(-2.0 * math.log(2))
+    assert estimate["hours"] == pytest.approx(math.exp(5.0) / 60)  # 100 - 2 ln t = 90
+    assert estimate["gap"] == pytest.approx(100 - 2 * math.log(8) - 90)
+    assert "~2.5 h at that slope (a lower bound)" in curves.describe(estimate)
+
+
+def test_extrapolation_reports_a_reached_target_and_refuses_a_flat_curve():
+    points = _log_line([2.0, 4.0, 8.0])
+    reached = curves.extrapolate(points, "nll_nats", 97.5)  # 100-2 ln 4 < 97.5 < 100-2 ln 2
+    assert reached["reached_minutes"] == 4.0 and "hours" not in reached
+    flat = [{"minutes": m, "nll_nats": 95.0} for m in (8.0, 30.0)]
+    assert curves.extrapolate(flat, "nll_nats", 90.0)["hours"] is None
+    assert "no finite estimate" in curves.describe(curves.extrapolate(flat, "nll_nats", 90.0))
+    with pytest.raises(UsageError, match="the curve has no point yet"):
+        curves.extrapolate([], "nll_nats", 90.0)
+    with pytest.raises(UsageError, match="--targets takes numbers, e.g. 81.30,79.20; got x"):
+        curves.parse_targets(["x"])
+
+
+def test_redrawing_a_curve_with_targets_records_and_draws_them(tmp_path):
+    points = [{**p, "step": 10 * i} for i, p in enumerate(_log_line([8.0, 30.0, 60.0]))]
+    (tmp_path / "curve.json").write_text(json.dumps({"points": points}))
+    train_config = small_train(tmp_path, model_dir=str(tmp_path))
+    curve = curves.extend(
+        "pixelcnn", pixelcnn.reproduce(), DataConfig(), train_config, 8.0, 0, targets=(81.3, 99.0)
+    )
+    written = json.loads((tmp_path / "curve.json").read_text())
+    assert written["targets"] == curve["targets"]
+    assert [t["target"] for t in written["targets"]] == [81.3, 99.0]
+    assert written["targets"][0]["hours"] > 1.0 and written["targets"][1]["reached_minutes"] == 8
+    assert written["points"] == points  # no segment trained
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
