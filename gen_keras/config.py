@@ -155,8 +155,9 @@ class TrainConfig:
     ema_decay: float = hparam(
         0.0,
         "Polyak averaging: every optimizer keeps an exponential moving average of the weights "
-        "it trains, with this decay (e.g. 0.999), and evaluation, pictures, the final figures "
-        "and the export use the averages (0: off). Fixed for a run.",
+        "it trains, with this decay (e.g. 0.999, warmed up as min(decay, (1+n)/(10+n)) at "
+        "update n), and evaluation, pictures, the final figures and the export use the "
+        "averages (0: off). Fixed for a run.",
     )
     allow_config_change: tuple[str, ...] = hparam(
         (),

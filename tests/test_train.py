@@ -516,11 +516,13 @@ def test_averages_follow_the_ema_formula_and_swap_in_and_out(mnist_dir):
     for i in range(3):
         step(dict(batch, seed=tf.constant([i, 0], tf.int32)))
         weights = [w.numpy() for w in model.trainable_variables]
-        # the first step sets the averages to the weights; then a <- 0.5 a + 0.5 w
+        # the first step sets the averages to the weights; then a <- m a + (1 - m) w with
+        # the warmed-up momentum m = min(0.5, (1 + i) / (10 + i)): 2/11, then 3/12
+        m = min(0.5, (1 + i) / (10 + i))
         expected = (
             weights
             if expected is None
-            else [0.5 * a + 0.5 * w for a, w in zip(expected, weights, strict=True)]
+            else [m * a + (1 - m) * w for a, w in zip(expected, weights, strict=True)]
         )
     with averaged.averaged_weights(model):
         for w, a in zip(model.trainable_variables, expected, strict=True):
@@ -528,6 +530,8 @@ def test_averages_follow_the_ema_formula_and_swap_in_and_out(mnist_dir):
     for w, own in zip(model.trainable_variables, weights, strict=True):
         np.testing.assert_array_equal(w.numpy(), own)  # swapped back exactly
     assert any(not np.allclose(a, w) for a, w in zip(expected, weights, strict=True))
+    momenta = [float(averaged.warm_momentum(n, 0.999)) for n in (0, 1, 90, 8991, 20_000)]
+    assert momenta == pytest.approx([0.0, 2 / 11, 91 / 100, 0.999, 0.999])
     plain = runs.build("vae", vae.small(), data.spec, 1e-2)
     plain.build_for_training(dummy_batch(data.spec))
     assert averaged.swap_averages(plain) is False  # ema_decay 0: nothing kept, nothing swapped
