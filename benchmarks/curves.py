@@ -184,7 +184,7 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
     for estimate in curve.get("targets", []):
         axes.axhline(estimate["target"], linestyle="--", linewidth=0.8, color="gray")
         axes.annotate(
-            f"published {estimate['target']:g}",
+            f"target {estimate['target']:g}",
             (0, estimate["target"]),
             xycoords=("axes fraction", "data"),
             fontsize=7,
