@@ -459,7 +459,9 @@ class _Run:
             )
         seconds = self.train_seconds(spent)
         if self.chief and seconds is not None:  # first: a save killed half-way has its time
-            kept = set(indexed_steps(self.save_dir))
+            # The steps the rotation below keeps: the clock names no deleted checkpoint.
+            older = [n for n in indexed_steps(self.save_dir) if n < step]
+            kept = set(older[max(0, len(older) - (self.keep - 1)) :])
             self.clock = {n: t for n, t in self.clock.items() if n in kept}
             self.clock[step] = seconds
             _write_json(
