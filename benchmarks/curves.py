@@ -45,6 +45,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 
 from absl import flags
@@ -142,15 +143,13 @@ def extrapolate(points: list[dict], metric: str, target: float) -> dict:
     fitted = [p for p in points if p["minutes"] > 0][-FIT_POINTS:]
     if len(fitted) < 2:
         return {**result, "hours": None, "why": "two points with minutes > 0 are needed"}
-    xs = [math.log(p["minutes"]) for p in fitted]
-    ys = [p[metric] for p in fitted]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    slope, intercept = statistics.linear_regression(
+        [math.log(p["minutes"]) for p in fitted], [p[metric] for p in fitted]
+    )
     result.update(per_doubling=slope * math.log(2), fitted_minutes=[p["minutes"] for p in fitted])
     if slope >= 0:
         return {**result, "hours": None, "why": "the last points do not improve"}
-    minutes = math.exp(mean_x + (target - mean_y) / slope)
+    minutes = math.exp((target - intercept) / slope)
     return {**result, "hours": minutes / 60.0}
 
 
@@ -259,18 +258,17 @@ def extend(
     )
     png = os.path.join(model_dir, "curve.png")
 
-    def estimate():
+    def save():  # the targets' estimates from the points so far, then the JSON and picture
         if targets:
             curve["targets"] = [extrapolate(curve["points"], metric, t) for t in targets]
             for line in curve["targets"]:
                 print(describe(line), flush=True)
-
-    if segments == 0:  # redraw only (e.g. after the reference's points or targets arrived)
-        if targets:
-            estimate()
             with open(path, "w") as f:
                 json.dump(curve, f, indent=1)
         draw(curve, png, reference, reference_name)
+
+    if segments == 0:  # redraw only (e.g. after the reference's points or targets arrived)
+        save()
     segment = dataclasses.replace(train_config, max_train_minutes=segment_minutes)
     for _ in range(segments):
         adopt_clock(model_dir, curve["points"])
@@ -289,10 +287,9 @@ def extend(
             "segment_wall_minutes": (time.monotonic() - start) / 60,
         }
         curve["points"].append(point)
-        estimate()
-        with open(path, "w") as f:
+        with open(path, "w") as f:  # the point, before anything can fail
             json.dump(curve, f, indent=1)
-        draw(curve, png, reference, reference_name)
+        save()
         print(json.dumps(point), flush=True)
     return curve
 
