@@ -141,8 +141,8 @@ def extrapolate(points: list[dict], metric: str, target: float) -> dict:
     if reached:
         return {**result, "reached_minutes": reached[0]}
     fitted = [p for p in points if p["minutes"] > 0][-FIT_POINTS:]
-    if len(fitted) < 2:
-        return {**result, "hours": None, "why": "two points with minutes > 0 are needed"}
+    if len({p["minutes"] for p in fitted}) < 2:
+        return {**result, "hours": None, "why": "two points at different minutes > 0 are needed"}
     slope, intercept = statistics.linear_regression(
         [math.log(p["minutes"]) for p in fitted], [p[metric] for p in fitted]
     )
@@ -263,8 +263,8 @@ def extend(
             curve["targets"] = [extrapolate(curve["points"], metric, t) for t in targets]
             for line in curve["targets"]:
                 print(describe(line), flush=True)
-            with open(path, "w") as f:
-                json.dump(curve, f, indent=1)
+        with open(path, "w") as f:
+            json.dump(curve, f, indent=1)
         draw(curve, png, reference, reference_name)
 
     if segments == 0:  # redraw only (e.g. after the reference's points or targets arrived)
@@ -287,8 +287,6 @@ def extend(
             "segment_wall_minutes": (time.monotonic() - start) / 60,
         }
         curve["points"].append(point)
-        with open(path, "w") as f:  # the point, before anything can fail
-            json.dump(curve, f, indent=1)
         save()
         print(json.dumps(point), flush=True)
     return curve

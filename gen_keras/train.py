@@ -457,11 +457,12 @@ class _Run:
                 f"variable {bad} is not finite at step {step}; stopped without saving it. "
                 f"The last good checkpoint is kept: {self.latest_checkpoint or 'none'}"
             )
+        # The rotation, decided once: the clock names no checkpoint it deletes.
+        older = [n for n in indexed_steps(self.save_dir) if n < step]
+        cut = max(0, len(older) - (self.keep - 1))
+        deleted, kept = older[:cut], set(older[cut:])
         seconds = self.train_seconds(spent)
         if self.chief and seconds is not None:  # first: a save killed half-way has its time
-            # The steps the rotation below keeps: the clock names no deleted checkpoint.
-            older = [n for n in indexed_steps(self.save_dir) if n < step]
-            kept = set(older[max(0, len(older) - (self.keep - 1)) :])
             self.clock = {n: t for n, t in self.clock.items() if n in kept}
             self.clock[step] = seconds
             _write_json(
@@ -469,10 +470,8 @@ class _Run:
                 {str(n): t for n, t in sorted(self.clock.items())},
             )
         self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
-        steps = indexed_steps(self.save_dir)
-        older = [n for n in steps if n < step]
         files = checkpoint_files(self.save_dir)
-        for n in older[: max(0, len(older) - (self.keep - 1))]:
+        for n in deleted:
             for path in files[n]:
                 os.remove(path)
         write_state(self.save_dir)

@@ -163,6 +163,8 @@ def test_extrapolation_reports_a_reached_target_and_refuses_a_flat_curve():
     flat = [{"minutes": m, "nll_nats": 95.0} for m in (8.0, 30.0)]
     assert curves.extrapolate(flat, "nll_nats", 90.0)["hours"] is None
     assert "no finite estimate" in curves.describe(curves.extrapolate(flat, "nll_nats", 90.0))
+    same_minutes = [{"minutes": 8.0, "nll_nats": y} for y in (95.0, 94.0)]  # no time between
+    assert "different minutes" in curves.extrapolate(same_minutes, "nll_nats", 90.0)["why"]
     with pytest.raises(UsageError, match="the curve has no point yet"):
         curves.extrapolate([], "nll_nats", 90.0)
     with pytest.raises(UsageError, match="--targets takes numbers, e.g. 81.30,79.20; got x"):
