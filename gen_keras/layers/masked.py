@@ -264,7 +264,12 @@ class ResidualBlock(keras.layers.Layer):
         self.embed = keras.layers.Embedding(num_classes, channels) if num_classes else None
 
     def _input(self, x):
-        return x if self.output_relu else tf.nn.relu(x)
+        # max(x, 0), not tf.nn.relu: with oneDNN on, grappler's remapper fuses the previous
+        # block's expand conv, bias, residual add and a ReLU here into one op and drops the
+        # add, which the next residual still reads; the whole pass then fails ("remapper
+        # failed: ... fanout ... exist for missing node .../add", TF 2.21) and none of its
+        # fusions apply. Maximum is not a fusable activation, so conv + bias + add fuses alone.
+        return x if self.output_relu else tf.maximum(x, 0.0)
 
     def _output(self, out):
         return tf.nn.relu(out) if self.output_relu else out
