@@ -12,6 +12,9 @@ and gives 0-row outputs.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import tensorflow as tf
 
 MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
@@ -29,9 +32,39 @@ def signature(fn, *specs, conditional: bool = False):
     """tf.function(fn) with input_signature specs, plus a trailing `label` if conditional.
 
     fn's argument names become the SignatureDef's input keys; a conditional model's fn
-    takes `label` last (it is None for unconditional models).
+    takes `label` last (it is None for unconditional models). Every spec is batch-leading
+    ([None, ...]), and so is every output.
+
+    A 0-row request runs fn on one zero row per input and returns its outputs' first 0
+    rows: with oneDNN on (our default, and TensorFlow's on CPUs with VNNI, BF16 or AMX), a
+    Conv2D given 0 rows returns its input (TF 2.21: [0, 8, 8, 3] in, [0, 8, 8, 3] out for
+    4 filters), so a model never sees an empty batch. Other requests reach fn as fed (a
+    wrong feed, of any rank, still meets the checks in fn and their messages).
     """
-    return tf.function(fn, input_signature=[*specs, *([LABEL_SPEC] if conditional else [])])
+    params = inspect.signature(fn)
+
+    def rows(value):  # leading dimension; 1 for a (wrong) scalar feed, which fn refuses
+        return tf.concat([tf.shape(value), [1]], 0)[0]
+
+    def one_zero_row(value):
+        return tf.zeros(tf.concat([[1], tf.shape(value)[1:]], 0), value.dtype)
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        values = list(params.bind(*args, **kwargs).arguments.values())
+        n = rows(values[0])
+        fed = []
+        for value in values:
+            if value is None:  # an unconditional model's label
+                fed.append(value)
+                continue
+            empty = tf.equal(n, 0) & tf.equal(rows(value), 0)
+            row = tf.cond(empty, lambda v=value: one_zero_row(v), lambda v=value: v)
+            row.set_shape(value.shape)
+            fed.append(row)
+        return tf.nest.map_structure(lambda out: out[:n], fn(*fed))
+
+    return tf.function(guarded, input_signature=[*specs, *([LABEL_SPEC] if conditional else [])])
 
 
 def _shape_text(shape) -> str:
