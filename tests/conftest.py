@@ -2,6 +2,8 @@
 
 import os
 
+import gen_keras  # noqa: F401  (before TensorFlow loads: its oneDNN default)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib  # noqa: E402

@@ -1,7 +1,10 @@
 """The library's import graph: every gen_keras import at the top of its module, no cycles."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,3 +69,28 @@ def test_the_import_graph_has_no_cycle():
             visit(node)
     assert cycles == []
     assert "gen_keras.runs" in edges["gen_keras.transfer"]  # the graph is really read
+
+
+_ONEDNN = (
+    "import gen_keras, tensorflow\n"
+    "from tensorflow.python.util import _pywrap_util_port\n"
+    "print(_pywrap_util_port.IsMklEnabled())"
+)
+
+
+def _onednn_in_a_fresh_process(setting: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    done = subprocess.run(
+        [sys.executable, "-c", _ONEDNN], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_importing_gen_keras_before_tensorflow_turns_on_onednn_unless_the_user_set_it():
+    # TensorFlow leaves oneDNN off on AVX2-only x86 CPUs; gen_keras asks for it (faster steps,
+    # benchmarks/results.md) unless TF_ENABLE_ONEDNN_OPTS is already set.
+    assert _onednn_in_a_fresh_process(None) == "True"
+    assert _onednn_in_a_fresh_process("0") == "False"
