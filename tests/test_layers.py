@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from gen_keras.config import UsageError
 from gen_keras.layers import MaskedConv2D, causal_mask, gate
+from gen_keras.layers.masked import WIDE_FILTERS, unfused_relu
 
 H, W = 5, 7  # distinct sizes: a swapped axis fails
 
@@ -97,6 +98,42 @@ def test_mask_is_built_once_and_never_assigned_to_the_variable():
     np.testing.assert_array_equal(y[0, 2, 3].numpy(), 8.0)
     expected = causal_mask(2, 3, 2, 4, "A", 1, centre_col=1)
     np.testing.assert_array_equal(layer.masked_kernel().numpy(), expected)
+
+
+@pytest.mark.parametrize("filters", [8, WIDE_FILTERS])
+def test_both_padding_paths_compute_the_masked_convolution_and_its_gradients(filters):
+    # narrow convs pad with their own op and convolve VALID, wide ones pass the padding list
+    layer = MaskedConv2D(filters, (3, 5), "B", kernel_initializer="random_normal")
+    layer.build((None, H, W, 3))
+    layer.bias.assign(tf.random.stateless_normal([filters], seed=[5, 6]))
+    x = tf.random.stateless_normal([2, H, W, 3], seed=[3, 4])
+    weights = tf.random.stateless_normal([2, H, W, filters], seed=[7, 8])
+    padding = [[0, 0], [1, 0], [2, 2], [0, 0]]
+
+    def loss_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn()
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+    got = loss_and_grads(lambda: layer(x))
+    want = loss_and_grads(
+        lambda: tf.nn.conv2d(x, layer.masked_kernel(), 1, padding=padding) + layer.bias
+    )
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_unfused_relu_is_relu_with_relus_gradient():
+    x = tf.constant([-2.0, -0.5, 0.0, 0.5, 3.0])
+    for fn in (unfused_relu, tf.nn.relu):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * tf.range(1.0, 6.0))
+        np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 0.0, 0.5, 3.0])
+        np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), [0.0, 0.0, 0.0, 4.0, 5.0])
 
 
 def test_row_and_column_parts_add_up_to_the_convolution():
