@@ -117,6 +117,9 @@ def test_both_padding_paths_compute_the_masked_convolution_and_its_gradients(fil
             loss = tf.reduce_sum(y * weights)
         return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
 
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec(x.shape)).graph
+    pads = [op for op in graph.get_operations() if op.type == "Pad"]
+    assert len(pads) == (1 if filters < WIDE_FILTERS else 0)  # each path is the one taken
     got = loss_and_grads(lambda: layer(x))
     want = loss_and_grads(
         lambda: tf.nn.conv2d(x, layer.masked_kernel(), 1, padding=padding) + layer.bias

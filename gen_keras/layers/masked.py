@@ -129,11 +129,11 @@ class MaskedConv2D(keras.layers.Layer):
         # PixelCNN, 16/32 channels: training 176 -> 227 img/s at batch 64, interleaved in
         # one process); a wider one keeps the list, as oneDNN's filter gradient was the
         # slower there (Gated PixelCNN, 128/256 channels: 6.7 vs 6.1 img/s at batch 16).
-        self._padding = ((0, 0), (self.kernel_rows - 1, 0), (self.left, self.right), (0, 0))
-        padded = any(any(pair) for pair in self._padding)
-        self._pad_op = padded and self.filters < WIDE_FILTERS
-        if not padded:
-            self._padding = "VALID"
+        pads = ((0, 0), (self.kernel_rows - 1, 0), (self.left, self.right), (0, 0))
+        padded = any(any(pair) for pair in pads)
+        narrow = self.filters < WIDE_FILTERS
+        self._pad_first = pads if padded and narrow else None  # what call pads by tf.pad
+        self._conv_padding = pads if padded and not narrow else "VALID"  # what conv2d pads
 
     def masked_kernel(self) -> tf.Tensor:
         """float32 [kernel_rows, kernel_cols, cin, filters]: the kernel times its mask."""
@@ -141,11 +141,9 @@ class MaskedConv2D(keras.layers.Layer):
         return kernel if self._mask is None else kernel * self._mask
 
     def call(self, x):
-        if self._pad_op:
-            x = tf.pad(x, self._padding)
-        out = tf.nn.conv2d(
-            x, self.masked_kernel(), strides=1, padding="VALID" if self._pad_op else self._padding
-        )
+        if self._pad_first is not None:
+            x = tf.pad(x, self._pad_first)
+        out = tf.nn.conv2d(x, self.masked_kernel(), strides=1, padding=self._conv_padding)
         # BiasAdd, not a broadcast add: grappler fuses it into the conv and its gradient
         # is BiasAddGrad, not a generic reduction (PixelCNN training 1.3x faster, batch 64,
         # measured under load)
@@ -294,6 +292,11 @@ class ResidualBlock(keras.layers.Layer):
         # fusions apply. `unfused_relu` is max(x, 0), which it does not match.
         return x if self.output_relu else unfused_relu(x)
 
+    def _input_no_grad(self, x):
+        # The cached sampler's `_input`: no gradient there, so plain max(x, 0), without the
+        # two ops per call (Identity, IdentityN) tf.custom_gradient adds to every pixel step.
+        return x if self.output_relu else tf.maximum(x, 0.0)
+
     def _output(self, out):
         return tf.nn.relu(out) if self.output_relu else out
 
@@ -322,7 +325,7 @@ class ResidualBlock(keras.layers.Layer):
         Returns (output [B, 2c], u [B, conv_inputs] the conv input at (i, j), the next queue).
         """
         reduce, conv, expand = weights
-        u = tf.nn.relu(_dense(self._input(x), reduce))
+        u = tf.nn.relu(_dense(self._input_no_grad(x), reduce))
         t, queue = self.conv.step(conv, queue, u)
         return x + self._output(_dense(tf.nn.relu(t + context), expand)), u, queue
 
