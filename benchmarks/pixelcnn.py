@@ -34,15 +34,14 @@ import platform
 import sys
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
 from gen_keras import sampling, train
-from gen_keras.config import DataConfig, TrainConfig, check
+from gen_keras.config import PRECISIONS, DataConfig, TrainConfig, check
 from gen_keras.data import DataSpec
-from gen_keras.layers.masked import MaskedConv2D
+from gen_keras.layers.masked import MaskedConv2D, in_precision
 from gen_keras.models import pixelcnn
 from trainers import common
 
@@ -61,7 +60,12 @@ flags.DEFINE_integer("reference_rows", 0, "speed: rows of the reference to time 
 flags.DEFINE_list("train_batches", ["64"], "speed: training batch sizes.")
 flags.DEFINE_integer("train_steps", 10, "speed: timed training steps per XLA setting.")
 flags.DEFINE_bool("xla", True, "speed: also time everything with XLA.")
-flags.DEFINE_bool("bf16", False, "speed: train under keras mixed_bfloat16.")
+flags.DEFINE_enum(
+    "precision",
+    "float32",
+    list(PRECISIONS),
+    "speed: the training step's masked convolutions (TrainConfig.precision).",
+)
 flags.DEFINE_bool("sampling", True, "speed: also time the samplers.")
 flags.DEFINE_bool(
     "peak",
@@ -123,10 +127,10 @@ def train_flops_per_image(model, spec) -> dict:
     return {"stored": 3 * 2 * h * w * stored, "useful": 3 * 2 * h * w * useful}
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 n x n matmul on this machine (best of `repeats`)."""
-    a = tf.random.stateless_normal([n, n], [1, 2])
-    b = tf.random.stateless_normal([n, n], [3, 4])
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype=tf.float32) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` on this machine (best of `repeats`)."""
+    a = tf.cast(tf.random.stateless_normal([n, n], [1, 2]), dtype)
+    b = tf.cast(tf.random.stateless_normal([n, n], [3, 4]), dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
     matmul()
     best = float("inf")
@@ -139,8 +143,6 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def speed() -> dict:
     spec = DataSpec((28, 28, 1), FLAGS.binarization, 10)
-    if FLAGS.bf16:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = pixelcnn.build(_config(), spec, 1e-3)
     model.build_for_training({"image": _images(spec, 2), "label": tf.zeros([2], tf.int32)})
     flops = train_flops_per_image(model, spec)
@@ -148,11 +150,22 @@ def speed() -> dict:
     if FLAGS.peak:
         result["matmul_peak_gflops"] = matmul_peak_gflops()
         print(f"float32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s")
+        if FLAGS.precision != "float32":
+            result["matmul_peak_gflops_" + FLAGS.precision] = matmul_peak_gflops(
+                dtype=tf.as_dtype(FLAGS.precision)
+            )
+            print(
+                f"{FLAGS.precision} matmul peak: "
+                f"{result['matmul_peak_gflops_' + FLAGS.precision]:.1f} GFLOP/s"
+            )
     for n in (int(b) for b in FLAGS.train_batches):
         batch = {"image": _images(spec, n), "label": tf.zeros([n], tf.int32)}
         for jit in (False, True) if FLAGS.xla else (False,):
-            mode = ("xla" if jit else "graph") + ("_bf16" if FLAGS.bf16 else "")
-            step = tf.function(model.train_step, jit_compile=jit)
+            mode = ("xla" if jit else "graph") + (
+                "" if FLAGS.precision == "float32" else "_" + FLAGS.precision
+            )
+            train_step = in_precision(model.train_step, FLAGS.precision)
+            step = tf.function(train_step, jit_compile=jit)
             data = dict(batch, seed=tf.constant([0, 0]))
             step(data)
             seconds, _ = _timed(step, data, repeats=FLAGS.train_steps)
@@ -166,6 +179,10 @@ def speed() -> dict:
                 share = (
                     f", {gflops:.1f} GFLOP/s = {gflops / result['matmul_peak_gflops']:.0%} of peak"
                 )
+                low = result.get("matmul_peak_gflops_" + FLAGS.precision)
+                if low:
+                    result["train"][f"{mode}_batch_{n}_{FLAGS.precision}_peak_share"] = gflops / low
+                    share += f" ({gflops / low:.0%} of the {FLAGS.precision} peak)"
             print(f"train {mode} batch {n}: {n / seconds:.1f} images/s{share}")
     if not FLAGS.sampling:
         return result

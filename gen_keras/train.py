@@ -65,13 +65,15 @@ from gen_keras.checkpoints import (
 )
 from gen_keras.config import LEARNING_FIELDS, DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
+from gen_keras.layers.masked import MaskedConv2D, in_precision
 from gen_keras.models.base import dummy_batch
 from gen_keras.runs import RUN_RECORD, TRAIN_CLOCK, read_clock
 
 # Fields that define what a run learns; a restart with other values would corrupt it. Every
 # model field; these data fields; the train fields in LEARNING_FIELDS (which
 # allow_config_change may release). The other train fields (epochs, export, logging,
-# checkpointing, time budget, eval_steps, jit_compile, strategy) may change on any resume.
+# checkpointing, time budget, eval_steps, jit_compile, strategy, precision) may change on
+# any resume.
 _IDENTITY = {
     "model": None,
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
@@ -368,6 +370,12 @@ class _Run:
             self.model = runs.build(family, model_config, self.spec, train_config.learning_rate)
             keep_averages(self.model, train_config.ema_decay)  # before the slots are built
             self.model.build_for_training(dummy_batch(self.spec))
+            check(
+                train_config.precision == "float32"
+                or any(isinstance(x, MaskedConv2D) for x in self.model._flatten_layers()),
+                f"precision={train_config.precision!r} casts masked convolutions (pixelcnn, "
+                f"pixelrnn); {family} has none",
+            )
             # The configured rate of each optimizer (a GAN's two may differ): the schedule's
             # 100%. A checkpoint holds the last scheduled rate, not this one.
             self.base_rates = [
@@ -637,7 +645,8 @@ class _Loop:
             self.callbacks.insert(0, quality)
         for callback in self.callbacks:
             callback.set_model(run.model)
-        self.train = _step_function(run, run.model.train_step, jit)
+        # The training step's masked convs in cfg.precision; evaluation stays float32.
+        self.train = _step_function(run, in_precision(run.model.train_step, cfg.precision), jit)
         self.budget = 60 * cfg.max_train_minutes if cfg.max_train_minutes else None
         # Training seconds of this invocation: the time between steps, from the end of the
         # first (data caching and tracing are free), without evaluation and checkpoints.

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from gen_keras.config import UsageError
-from gen_keras.layers import MaskedConv2D, causal_mask, gate
-from gen_keras.layers.masked import WIDE_FILTERS, unfused_relu
+from gen_keras.layers import MaskedConv2D, causal_mask, conv_precision, gate
+from gen_keras.layers.masked import WIDE_FILTERS, in_precision, unfused_relu
 
 H, W = 5, 7  # distinct sizes: a swapped axis fails
 
@@ -126,6 +126,45 @@ def test_both_padding_paths_compute_the_masked_convolution_and_its_gradients(fil
     )
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("filters, kernel", [(8, (3, 5)), (WIDE_FILTERS, (3, 3)), (16, 1)])
+def test_bfloat16_convs_are_the_float32_convs_to_bf16_rounding_and_only_in_scope(filters, kernel):
+    layer = MaskedConv2D(filters, kernel, "B", kernel_initializer="random_normal")
+    layer.build((None, H, W, 8))
+    layer.bias.assign(tf.random.stateless_normal([filters], seed=[5, 6]))
+    x = tf.random.stateless_normal([2, H, W, 8], seed=[3, 4])
+    weights = tf.random.stateless_normal([2, H, W, filters], seed=[7, 8])
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+    def conv_dtypes(fn):
+        graph = tf.function(fn).get_concrete_function(tf.TensorSpec(x.shape)).graph
+        return {op.get_attr("T").name for op in graph.get_operations() if op.type == "Conv2D"}
+
+    want = loss_and_grads()
+    with conv_precision("bfloat16"):
+        got = loss_and_grads()
+        assert conv_dtypes(layer) == {"bfloat16"}
+    assert conv_dtypes(layer) == {"float32"}  # the scope is left as it was
+    assert conv_dtypes(in_precision(lambda v: layer(v), "bfloat16")) == {"bfloat16"}
+    assert conv_dtypes(layer) == {"float32"}
+    for a, b in zip(got[:3], want[:3], strict=True):  # y and the x and kernel gradients
+        assert a.dtype == tf.float32
+        scale = float(tf.reduce_max(tf.abs(b)))
+        err = float(tf.reduce_max(tf.abs(a - b)))
+        # bf16 keeps 8 significant bits: inputs and kernel each rounded by <= 2^-9 relative
+        assert 0.0 < err < 0.02 * scale, (err, scale)  # not float32 (err 0), not garbage
+    # the bias is added in float32 after the conv: its gradient is the float32 one
+    np.testing.assert_array_equal(got[3].numpy(), want[3].numpy())
+    with pytest.raises(UsageError, match="precision='float16'"):
+        with conv_precision("float16"):
+            pass
 
 
 def test_unfused_relu_is_relu_with_relus_gradient():

@@ -364,6 +364,32 @@ def test_short_training_on_mock_data_lowers_the_nll(arch, mnist_dir, monkeypatch
     assert math.isclose(bpd, float(logs["nll"]) / (784 * math.log(2)), rel_tol=1e-4)
 
 
+def test_bfloat16_precision_reaches_the_training_steps_only(mnist_dir, tmp_path, monkeypatch):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    cast = MaskedConv2D._call_cast
+    traced = []
+
+    def spy(layer, x, dtype):
+        traced.append(dtype)
+        return cast(layer, x, dtype)
+
+    monkeypatch.setattr(MaskedConv2D, "_call_cast", spy)
+    train_config = small_train(
+        tmp_path, epochs=1, steps_per_epoch=3, eval_steps=1, precision="bfloat16"
+    )
+    result = train.fit("pixelcnn", pixelcnn.small(), small_data(mnist_dir), train_config, verbose=0)
+    convs = sum(isinstance(x, MaskedConv2D) for x in result.model._flatten_layers())
+    assert traced and set(traced) == {tf.bfloat16} and len(traced) % convs == 0, traced
+    assert math.isfinite(result.eval_logs["nll"]) and result.step == 3
+    # evaluation and the export are float32: nothing in the served graphs is bf16
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(result.export_path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    text = str(proto.meta_graphs[0].graph_def)
+    assert "Conv2D" in text and "DT_BFLOAT16" not in text
+
+
 # -- a trained run: export, serving, TensorBoard ---------------------------------------------
 
 

@@ -45,6 +45,8 @@ def _one_line_error(result, text):
         (["--learning_rate=nan"], "learning_rate=nan must be a finite number"),
         (["--eval_split=test[:0]"], "split='test[:0]' of 'mnist' is empty"),
         (["--allow_config_change=epochs"], "allow_config_change='epochs' is not one of"),
+        (["--precision=bfloat16"], "precision='bfloat16' casts masked convolutions"),
+        (["--precision=float16"], "precision"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_and_write_nothing(args, text, tmp_path):
