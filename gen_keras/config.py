@@ -146,8 +146,8 @@ class TrainConfig:
         "float32",
         "Training steps' masked convolutions (pixelcnn, pixelrnn): bfloat16 casts their inputs "
         "and kernels to bf16 for the convolution, all else float32; faster on CPUs with "
-        "AVX512-BF16 or AMX, several times slower without. Evaluation, sampling and exports "
-        "stay float32.",
+        "BF16 instructions (AVX512-BF16), several times slower without. Evaluation, sampling "
+        "and exports stay float32.",
         PRECISIONS,
     )
     checkpoint_every_steps: int = hparam(
