@@ -158,8 +158,10 @@ def test_bfloat16_convs_are_the_float32_convs_to_bf16_rounding_and_only_in_scope
         assert a.dtype == tf.float32
         scale = float(tf.reduce_max(tf.abs(b)))
         err = float(tf.reduce_max(tf.abs(a - b)))
-        # bf16 keeps 8 significant bits: inputs and kernel each rounded by <= 2^-9 relative
-        assert 0.0 < err < 0.02 * scale, (err, scale)  # not float32 (err 0), not garbage
+        # bf16 keeps 8 significant bits (inputs and kernel rounded by <= 2^-9 relative); how
+        # sums accumulate depends on the kernel: oneDNN's (AVX-512 BF16) stay within 0.5% of
+        # scale here, Eigen's (CPUs without, or TF_ENABLE_ONEDNN_OPTS=0) reach 2.1%
+        assert 0.0 < err < 0.05 * scale, (err, scale)  # not float32 (err 0), not garbage
     # the bias is added in float32 after the conv: its gradient is the float32 one
     np.testing.assert_array_equal(got[3].numpy(), want[3].numpy())
     with pytest.raises(UsageError, match="precision='float16'"):
