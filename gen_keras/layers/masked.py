@@ -163,19 +163,9 @@ class MaskedConv2D(keras.layers.Layer):
         mask = causal_mask(*shape, self.mask_type, g, centre_col=self.left)
         self._mask = None if mask.all() else mask  # built once; None: nothing to mask
         self.input_channels = cin
-        # Zero padding (rows above, columns either side) for tf.nn.conv2d. With
-        # oneDNN on (TF 2.21), only SAME/VALID convolutions get oneDNN's backward kernels: an
-        # explicit padding list sends both gradients to Eigen's. So a conv with fewer than
-        # WIDE_FILTERS filters pads with its own op and convolves VALID (pytorch-generative's
-        # PixelCNN, 16/32 channels: training 176 -> 227 img/s at batch 64, interleaved in
-        # one process); a wider one keeps the list, as oneDNN's filter gradient was the
-        # slower there (Gated PixelCNN, 128/256 channels: 6.7 vs 6.1 img/s at batch 16).
+        # Zero padding (rows above, columns either side); None when the conv needs none.
         pads = ((0, 0), (self.kernel_rows - 1, 0), (self.left, self.right), (0, 0))
-        padded = any(any(pair) for pair in pads)
-        self._pads = pads if padded else None
-        narrow = self.filters < WIDE_FILTERS
-        self._pad_first = pads if padded and narrow else None  # what call pads by tf.pad
-        self._conv_padding = pads if padded and not narrow else "VALID"  # what conv2d pads
+        self._pads = pads if any(any(pair) for pair in pads) else None
 
     def masked_kernel(self) -> tf.Tensor:
         """float32 [kernel_rows, kernel_cols, cin, filters]: the kernel times its mask."""
@@ -183,26 +173,31 @@ class MaskedConv2D(keras.layers.Layer):
         return kernel if self._mask is None else kernel * self._mask
 
     def call(self, x):
-        if _conv_precision[0] != "float32":
-            return self._call_cast(x, tf.as_dtype(_conv_precision[0]))
-        if self._pad_first is not None:
-            x = tf.pad(x, self._pad_first)
-        out = tf.nn.conv2d(x, self.masked_kernel(), strides=1, padding=self._conv_padding)
+        precision = _conv_precision[0]
+        kernel = self.masked_kernel()
+        if precision != "float32":  # see conv_precision
+            in_dtype = x.dtype
+            x, kernel = tf.cast(x, precision), tf.cast(kernel, precision)
+        # With oneDNN on (TF 2.21), only SAME/VALID convolutions get oneDNN's backward kernels
+        # (an explicit padding list sends both gradients to Eigen's) and its bf16 kernels at
+        # all (Eigen's bf16 conv: 14 against 667 GFLOP/s for the Gated PixelCNN's 2x3
+        # 128 -> 256 conv). So a padded conv pads with its own op and convolves VALID when it
+        # has fewer than WIDE_FILTERS filters (pytorch-generative's PixelCNN, 16/32 channels:
+        # training 176 -> 227 img/s at batch 64, interleaved in one process) or runs in bf16;
+        # a wide float32 one keeps the list, as oneDNN's filter gradient was the slower there
+        # (Gated PixelCNN, 128/256 channels: 6.7 vs 6.1 img/s at batch 16).
+        pad_first = self._pads is not None and (
+            self.filters < WIDE_FILTERS or precision != "float32"
+        )
+        if pad_first:
+            x = tf.pad(x, self._pads)
+        padding = "VALID" if pad_first or self._pads is None else self._pads
+        out = tf.nn.conv2d(x, kernel, strides=1, padding=padding)
+        if precision != "float32":
+            out = tf.cast(out, in_dtype)
         # BiasAdd, not a broadcast add: grappler fuses it into the conv and its gradient
         # is BiasAddGrad, not a generic reduction (PixelCNN training 1.3x faster, batch 64,
-        # measured under load)
-        return out if self.bias is None else tf.nn.bias_add(out, self.bias)
-
-    def _call_cast(self, x, dtype):
-        """`call` with the convolution in `dtype` (see `conv_precision`). Always tf.pad and
-        VALID: TensorFlow's bf16 convolution with an explicit padding list is Eigen's, not
-        oneDNN's (14 against 667 GFLOP/s for the Gated PixelCNN's 2x3 128 -> 256 conv)."""
-        out_dtype = x.dtype
-        x = tf.cast(x, dtype)
-        if self._pads is not None:
-            x = tf.pad(x, self._pads)
-        out = tf.nn.conv2d(x, tf.cast(self.masked_kernel(), dtype), strides=1, padding="VALID")
-        out = tf.cast(out, out_dtype)
+        # measured under load); in float32 after a bf16 conv
         return out if self.bias is None else tf.nn.bias_add(out, self.bias)
 
     # -- cached sampling -----------------------------------------------------------------
