@@ -15,6 +15,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from gen_keras import optimizers
 from gen_keras.config import check, from_dict
 from gen_keras.data import DataSpec
 from gen_keras.distributions import bits_per_dim
@@ -108,7 +109,7 @@ class GenerativeModel(keras.Model):
     # -- training --------------------------------------------------------------------------
 
     def default_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
-        return keras.optimizers.Adam(learning_rate)
+        return optimizers.Adam(learning_rate)  # Keras's Adam, one fused kernel per variable
 
     def compile(self, optimizer=None, *, learning_rate: float | None = None, **kwargs):
         """Keras compile with the family's default optimizer (Adam) and learning rate."""
