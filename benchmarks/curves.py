@@ -33,6 +33,9 @@ the same amount per doubling of training time). Real curves flatten as they near
 model can reach, so the hours are a lower bound, not a forecast. They are written to
 curve.json ("targets") and drawn as dashed lines.
 
+`--overview=all.png --runs=DIR,DIR,...` only draws the curves of finished runs in one PNG
+(a panel per figure, a line per run).
+
 `--reference=FILE` draws another run's curve beside this one (JSON lines with
 `train_minutes` and `test_<metric>`, e.g. a peer library's `test_nll_nats` measured on the
 same test images), for a race at equal training minutes. `--ema_decay=0.999` evaluates the
@@ -83,6 +86,8 @@ def define_flags() -> None:
     flags.DEFINE_string("reference", None, "JSON lines {train_minutes, test_<metric>} to draw.")
     flags.DEFINE_string("reference_name", "reference", "Legend of the --reference curve.")
     flags.DEFINE_list("targets", [], "Published figures to state the distance and hours to.")
+    flags.DEFINE_string("overview", None, "Only draw the curves of --runs into this PNG.")
+    flags.DEFINE_list("runs", [], "Run directories whose curve.json --overview draws.")
 
 
 def metric_for(family: str, data: DataConfig, model_config) -> str:
@@ -153,6 +158,9 @@ def extrapolate(points: list[dict], metric: str, target: float) -> dict:
     return {**result, "hours": minutes / 60.0}
 
 
+FLAT_HOURS = 100_000  # beyond this an estimate says only that the curve is flat
+
+
 def describe(estimate: dict) -> str:
     """One line for a target's estimate."""
     head = (
@@ -163,10 +171,10 @@ def describe(estimate: dict) -> str:
         return f"{head}, reached at {estimate['reached_minutes']:.0f} min"
     if estimate["hours"] is None:
         return f"{head}, no finite estimate: {estimate['why']}"
-    return (
-        f"{head}, {estimate['per_doubling']:+.2f} per doubling of time, "
-        f"~{estimate['hours']:.1f} h at that slope (a lower bound)"
-    )
+    slope = f"{estimate['per_doubling']:+.3g} per doubling of time"
+    if estimate["hours"] > FLAT_HOURS:
+        return f"{head}, {slope}: flat, over {FLAT_HOURS:,} h at that slope"
+    return f"{head}, {slope}, ~{estimate['hours']:.1f} h at that slope (a lower bound)"
 
 
 def draw(curve, path, reference=None, reference_name="reference") -> bool:
@@ -194,6 +202,37 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
     axes.set_xlabel("training minutes (this CPU)")
     axes.set_ylabel(LABELS.get(metric, metric))
     axes.set_title(curve["name"])
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+    return True
+
+
+def overview(model_dirs, path) -> bool:
+    """Draws the curves of several runs (their curve.json) in one PNG, one panel per figure
+    (NLL nats, bits/dim, FID), one line per run; False without matplotlib."""
+    curves_by_metric: dict[str, list[dict]] = {}
+    for model_dir in model_dirs:
+        curve = _load(os.path.join(model_dir, "curve.json"))
+        check(bool(curve["points"]), f"{model_dir} has no curve points (no curve.json or empty)")
+        curves_by_metric.setdefault(curve["metric"], []).append(curve)
+    if pyplot is None:
+        return False
+    figure, axes = pyplot.subplots(
+        1, len(curves_by_metric), figsize=(4.5 * len(curves_by_metric), 3.5), squeeze=False
+    )
+    for ax, (metric, group) in zip(axes[0], sorted(curves_by_metric.items()), strict=True):
+        for curve in group:
+            points = curve["points"]
+            ax.plot(
+                [p["minutes"] for p in points],
+                [p[metric] for p in points],
+                "o-",
+                label=curve["name"],
+            )
+        ax.set_xlabel("training minutes (this CPU)")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)
@@ -303,7 +342,7 @@ def configs(family: str):
     given = common.given(TrainConfig)
     if "max_train_minutes" in given:
         raise UsageError("--max_train_minutes does not apply: --segment_minutes is the clock")
-    arch = getattr(model_config, "arch", "")
+    arch = variant(model_config)
     defaults = dict(
         epochs=SCHEDULE.epochs,
         export=SCHEDULE.export,
@@ -313,8 +352,15 @@ def configs(family: str):
             "runs", "_".join(x for x in ("curve", family, arch, FLAGS.config) if x)
         ),
     )
+    if family == "gan" and "batch_size" not in given:  # as trainers.gan: n_critic x 64
+        defaults["batch_size"] = module.default_batch(model_config)
     train_config = dataclasses.replace(family_train, **{**defaults, **given})
     return model_config, data, train_config
+
+
+def variant(model_config) -> str:
+    """What tells a family's curves apart in names: the architecture, or a GAN's loss."""
+    return getattr(model_config, "arch", "") or getattr(model_config, "loss", "")
 
 
 def parse_targets(values) -> list[float]:
@@ -329,10 +375,15 @@ def parse_targets(values) -> list[float]:
 
 def main(argv):
     del argv
+    if FLAGS.overview:
+        check(bool(FLAGS.runs), "--overview draws the curves of --runs=DIR,DIR,...: give them")
+        check(overview(FLAGS.runs, FLAGS.overview), "--overview needs matplotlib")
+        print(f"wrote {FLAGS.overview}")
+        return
     model_config, data, train_config = configs(FLAGS.family)
     metric = metric_for(FLAGS.family, data, model_config)
     reference = read_reference(FLAGS.reference, metric) if FLAGS.reference else None
-    arch = getattr(model_config, "arch", "")
+    arch = variant(model_config)
     extend(
         FLAGS.family,
         model_config,

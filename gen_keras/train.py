@@ -356,6 +356,8 @@ class _Run:
             f"batch_size={train_config.batch_size} must be divisible by the "
             f"{self.replicas} replicas of strategy={train_config.strategy}",
         )
+        if hasattr(self.family, "check_batch"):  # a GAN splits it into critic minibatches
+            self.family.check_batch(model_config, train_config.batch_size, self.replicas)
         self.train_data = train_data or ImageData(data_config, data_config.train_split, True)
         self.eval_data = eval_data or ImageData(data_config, data_config.eval_split, False)
         self.spec: DataSpec = self.train_data.spec

@@ -112,6 +112,23 @@ def test_a_vae_curve_from_the_command_line_resumes_segment_after_segment(mnist_d
     assert json.loads((run / "curve.json").read_text()) == curve
 
 
+def test_a_wgan_gp_curve_takes_the_trainers_batch_of_n_critic_minibatches(tmp_path):
+    """As trainers.gan: without --batch_size a WGAN-GP step is 5 critic minibatches of 64."""
+    run = tmp_path / "curve"
+    base = [sys.executable, "-m", "benchmarks.curves", "--family=gan", "--classifier=x"]
+    for extra, batch in (([], 320), (["--batch_size=640"], 640)):
+        result = subprocess.run(
+            [*base, "--loss=wgan_gp", "--segments=0", f"--model_dir={run}", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # --segments=0 records the curve's settings without training
+        assert result.returncode == 0, result.stderr[-3000:]
+        curve = json.loads((run / "curve.json").read_text())
+        assert curve["batch_size"] == batch and curve["name"].startswith("gan wgan_gp ")
+
+
 def test_a_gan_curve_draws_fid_on_the_classifier(mnist_dir, tmp_path, mnist_classifier):
     config = dataclasses.replace(
         gan.small(), classifier=mnist_classifier.model_dir, fid_samples=64, final_samples=128
@@ -184,3 +201,38 @@ def test_redrawing_a_curve_with_targets_records_and_draws_them(tmp_path):
     assert written["targets"][0]["hours"] > 1.0 and written["targets"][1]["reached_minutes"] == 8
     assert written["points"] == points  # no segment trained
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_overview_draws_every_runs_curve_and_refuses_a_run_without_points(tmp_path):
+    runs = []
+    for name, metric, values in (
+        ("vae", "nll_nats", [91.1, 90.5]),
+        ("pixelrnn", "nll_nats", [92.0, 88.5]),
+        ("gan", "fid", [20.0, 15.2]),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        points = [{"minutes": 8.0 * (i + 1), metric: v} for i, v in enumerate(values)]
+        (run / "curve.json").write_text(
+            json.dumps({"name": name, "metric": metric, "points": points})
+        )
+        runs.append(str(run))
+    one, all_three = tmp_path / "one.png", tmp_path / "all.png"
+    assert curves.overview(runs[:1], one) and curves.overview(runs, all_three)
+    assert all_three.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all_three.read_bytes() != one.read_bytes()  # two panels, three lines
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="empty has no curve points"):
+        curves.overview([*runs, str(tmp_path / "empty")], tmp_path / "x.png")
+
+
+def test_a_nearly_flat_curve_is_described_as_flat_not_by_its_astronomic_hours():
+    # 8-bit PixelCNN between 8 and 16 minutes: 1.161 -> 1.1587 bits/dim, target 1.06
+    points = [
+        {"minutes": 8.0, "nll_bits_per_dim": 1.161},
+        {"minutes": 16.0, "nll_bits_per_dim": 1.1587},
+    ]
+    estimate = curves.extrapolate(points, "nll_bits_per_dim", 1.06)
+    assert estimate["hours"] > curves.FLAT_HOURS
+    line = curves.describe(estimate)
+    assert line.endswith("-0.0023 per doubling of time: flat, over 100,000 h at that slope")

@@ -349,6 +349,22 @@ def test_export_has_no_xla_and_no_stateful_rng(run):
     assert scopes == {"generator", "discriminator", "score", "projection"}, scopes
 
 
+def test_the_harness_refuses_a_batch_that_n_critic_does_not_divide_before_writing(
+    mnist_dir, tmp_path
+):
+    config = gan.Config(loss="wgan_gp", latent_dim=8, filters=4)  # n_critic 5
+    assert gan.default_batch(config) == 320 and gan.default_batch(gan.small()) == 64
+    with pytest.raises(UsageError, match=r"^batch_size=64 is not a multiple of n_critic=5: "):
+        train.fit(
+            "gan",
+            config,
+            small_data(mnist_dir, binarization="float_symmetric"),
+            small_train(tmp_path, batch_size=64),
+            verbose=0,
+        )
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
 def test_trainer_refuses_a_batch_that_n_critic_does_not_divide(tmp_path):
     result = subprocess.run(
         [
@@ -406,3 +422,16 @@ def test_compare_ranks_exports_of_every_family_on_one_table(
     assert ranked == [min(rows, key=lambda r: r["fid"])["export"]]
     with pytest.raises(UsageError, match="none of"):
         compare.compare([missing], mnist_classifier.export_path, 200)
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+def test_the_discriminators_leaky_relu_is_keras_leaky_relu_with_its_gradient(slope):
+    x = tf.random.stateless_normal([4, 5, 6, 3], [7, 1])
+    ours, theirs = gan.LeakyReLU(slope), keras.layers.LeakyReLU(slope)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        a, b = ours(x), theirs(x)
+        la, lb = tf.reduce_sum(a * x), tf.reduce_sum(b * x)  # a gradient that is not all ones
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(tape.gradient(la, x).numpy(), tape.gradient(lb, x).numpy())
+    assert gan.LeakyReLU.from_config(ours.get_config()).negative_slope == slope

@@ -8,7 +8,6 @@ import dataclasses
 from absl import flags, logging
 
 from gen_keras import train
-from gen_keras.config import check
 from gen_keras.models import gan
 from trainers import common
 
@@ -24,12 +23,8 @@ def main(argv):
     config = common.model_config(gan)
     train_config = common.train_config()
     if not FLAGS["batch_size"].present:  # one step = n_critic D minibatches of 64
-        train_config = dataclasses.replace(train_config, batch_size=64 * config.critic_steps)
-    check(
-        train_config.batch_size % config.critic_steps == 0,
-        f"batch_size={train_config.batch_size} is not a multiple of n_critic="
-        f"{config.critic_steps}: a step splits its batch into n_critic D minibatches",
-    )
+        train_config = dataclasses.replace(train_config, batch_size=gan.default_batch(config))
+    gan.check_batch(config, train_config.batch_size)
     if not config.classifier:
         logging.warning("no --classifier: FID, KID and class coverage will not be computed")
     result = train.fit(
