@@ -34,7 +34,7 @@ model can reach, so the hours are a lower bound, not a forecast. They are writte
 curve.json ("targets") and drawn as dashed lines.
 
 `--overview=all.png --runs=DIR,DIR,...` only draws the curves of finished runs in one PNG
-(a panel per figure, a line per run).
+(a panel per figure, a line per run, named by its directory).
 
 `--reference=FILE` draws another run's curve beside this one (JSON lines with
 `train_minutes` and `test_<metric>`, e.g. a peer library's `test_nll_nats` measured on the
@@ -210,26 +210,23 @@ def draw(curve, path, reference=None, reference_name="reference") -> bool:
 
 def overview(model_dirs, path) -> bool:
     """Draws the curves of several runs (their curve.json) in one PNG, one panel per figure
-    (NLL nats, bits/dim, FID), one line per run; False without matplotlib."""
-    curves_by_metric: dict[str, list[dict]] = {}
+    (NLL nats, bits/dim, FID), one line per run labelled by its directory's name; False
+    without matplotlib."""
+    curves_by_metric: dict[str, list[tuple[str, dict]]] = {}
     for model_dir in model_dirs:
         curve = _load(os.path.join(model_dir, "curve.json"))
         check(bool(curve["points"]), f"{model_dir} has no curve points (no curve.json or empty)")
-        curves_by_metric.setdefault(curve["metric"], []).append(curve)
+        label = os.path.basename(os.path.normpath(model_dir))  # runs' names tell them apart
+        curves_by_metric.setdefault(curve["metric"], []).append((label, curve))
     if pyplot is None:
         return False
     figure, axes = pyplot.subplots(
         1, len(curves_by_metric), figsize=(4.5 * len(curves_by_metric), 3.5), squeeze=False
     )
     for ax, (metric, group) in zip(axes[0], sorted(curves_by_metric.items()), strict=True):
-        for curve in group:
+        for label, curve in group:
             points = curve["points"]
-            ax.plot(
-                [p["minutes"] for p in points],
-                [p[metric] for p in points],
-                "o-",
-                label=curve["name"],
-            )
+            ax.plot([p["minutes"] for p in points], [p[metric] for p in points], "o-", label=label)
         ax.set_xlabel("training minutes (this CPU)")
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.legend(fontsize=6)
