@@ -129,6 +129,40 @@ def test_both_padding_paths_compute_the_masked_convolution_and_its_gradients(fil
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("use_bias, groups", [(True, 1), (False, 1), (True, 3)])
+def test_pointwise_convs_take_matmul_gradients_equal_to_the_convolutions(use_bias, groups):
+    layer = MaskedConv2D(6, 1, "B", color_groups=groups, use_bias=use_bias)
+    layer.build((None, H, W, 3))
+    layer.kernel.assign(tf.random.stateless_normal(layer.kernel.shape, seed=[1, 2]))
+    x = tf.random.stateless_normal([2, H, W, 3], seed=[3, 4])
+    weights = tf.random.stateless_normal([2, H, W, 6], seed=[7, 8])
+    variables = [layer.kernel] + ([layer.bias] if use_bias else [])
+    if use_bias:
+        layer.bias.assign(tf.random.stateless_normal([6], seed=[5, 6]))
+
+    def loss_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, *variables])]
+
+    def reference(v):
+        y = tf.nn.conv2d(v, layer.masked_kernel(), 1, "VALID")
+        return y + layer.bias if use_bias else y
+
+    got, want = loss_and_grads(layer), loss_and_grads(reference)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    if groups > 1:  # the mask still holds: colour group g of the output sees groups <= g
+        assert not np.any(got[2].numpy()[0, 0, 1:, :2])  # kernel gradient [1, 1, cin, cout]
+    # the gradients are matmuls, not the conv gradient kernels
+    graph = tf.function(lambda v: loss_and_grads(layer)).get_concrete_function(x).graph
+    types = {op.type for op in graph.get_operations()}
+    assert "MatMul" in types
+    assert not types & {"Conv2DBackpropFilter", "Conv2DBackpropInput"}, types
+
+
 @pytest.mark.parametrize("filters, kernel", [(8, (3, 5)), (WIDE_FILTERS, (3, 3)), (16, 1)])
 def test_bfloat16_convs_are_the_float32_convs_to_bf16_rounding_and_only_in_scope(filters, kernel):
     layer = MaskedConv2D(filters, kernel, "B")
