@@ -66,6 +66,12 @@ flags.DEFINE_enum(
     list(PRECISIONS),
     "speed: the training step's masked convolutions (TrainConfig.precision).",
 )
+flags.DEFINE_integer(
+    "micro_batch",
+    0,
+    "speed: the training step takes its batch in chunks of this many images "
+    "(TrainConfig.micro_batch; 0: whole); it must divide every --train_batches.",
+)
 flags.DEFINE_bool("sampling", True, "speed: also time the samplers.")
 flags.DEFINE_bool(
     "peak",
@@ -155,12 +161,20 @@ def speed() -> dict:
                 dtype=tf.as_dtype(FLAGS.precision)
             )
             print(f"{FLAGS.precision} matmul peak: {low:.1f} GFLOP/s")
+    chunk = FLAGS.micro_batch
     for n in (int(b) for b in FLAGS.train_batches):
+        check(
+            chunk >= 0 and (not chunk or n % chunk == 0),
+            f"--micro_batch={chunk} must be >= 0 and divide every --train_batches ({n})",
+        )
+        model.micro_batch = chunk
         batch = {"image": _images(spec, n), "label": tf.zeros([n], tf.int32)}
         for jit in (False, True) if FLAGS.xla else (False,):
             mode = ("xla" if jit else "graph") + (
                 "" if FLAGS.precision == "float32" else "_" + FLAGS.precision
             )
+            if chunk and chunk < n:
+                mode += f"_micro{chunk}"
             train_step = in_precision(model.train_step, FLAGS.precision)
             step = tf.function(train_step, jit_compile=jit)
             data = dict(batch, seed=tf.constant([0, 0]))

@@ -72,8 +72,8 @@ from gen_keras.runs import RUN_RECORD, TRAIN_CLOCK, read_clock
 # Fields that define what a run learns; a restart with other values would corrupt it. Every
 # model field; these data fields; the train fields in LEARNING_FIELDS (which
 # allow_config_change may release). The other train fields (epochs, export, logging,
-# checkpointing, time budget, eval_steps, jit_compile, strategy, precision) may change on
-# any resume.
+# checkpointing, time budget, eval_steps, jit_compile, strategy, precision, micro_batch) may
+# change on any resume.
 _IDENTITY = {
     "model": None,
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
@@ -358,6 +358,12 @@ class _Run:
         )
         if hasattr(self.family, "check_batch"):  # a GAN splits it into critic minibatches
             self.family.check_batch(model_config, train_config.batch_size, self.replicas)
+        chunk, per_replica = train_config.micro_batch, train_config.batch_size // self.replicas
+        check(
+            chunk >= 0 and (not chunk or per_replica % chunk == 0),
+            f"micro_batch={chunk} must be >= 0 and divide each replica's batch "
+            f"({per_replica} images)",
+        )
         self.train_data = train_data or ImageData(data_config, data_config.train_split, True)
         self.eval_data = eval_data or ImageData(data_config, data_config.eval_split, False)
         self.spec: DataSpec = self.train_data.spec
@@ -378,6 +384,13 @@ class _Run:
                 f"precision={train_config.precision!r} casts masked convolutions (pixelcnn, "
                 f"pixelrnn); {family} has none",
             )
+            check(
+                not chunk or hasattr(self.model, "micro_batch"),
+                f"micro_batch={chunk} applies to pixelcnn and pixelrnn; {family} trains whole "
+                "batches",
+            )
+            if chunk:
+                self.model.micro_batch = chunk
             # The configured rate of each optimizer (a GAN's two may differ): the schedule's
             # 100%. A checkpoint holds the last scheduled rate, not this one.
             self.base_rates = [

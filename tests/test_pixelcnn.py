@@ -21,7 +21,7 @@ from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.layers import masked
 from gen_keras.layers.masked import MaskedConv2D
-from gen_keras.models import autoregressive, pixelcnn
+from gen_keras.models import autoregressive, pixelcnn, vae
 from tests.conftest import REPO, small_data, small_train
 from tests.test_export import STATEFUL_RNG, Served
 
@@ -390,6 +390,47 @@ def test_bfloat16_precision_reaches_the_training_steps_only(mnist_dir, tmp_path,
         proto.ParseFromString(f.read())
     text = str(proto.meta_graphs[0].graph_def)
     assert "Conv2D" in text and "DT_BFLOAT16" not in text
+
+
+@pytest.mark.parametrize("arch, conditional", [("pixelcnn", False), ("gated", True)])
+def test_micro_batches_take_the_whole_batchs_step(arch, conditional):
+    config, batch = _config(arch, conditional=conditional), _batch(BINARY, n=6)
+    results = []
+    for chunk in (0, 2):
+        tf.keras.utils.set_random_seed(1)
+        model = pixelcnn.PixelCNN(BINARY, config)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))  # the update is the gradient
+        model.build_for_training(batch)
+        before = [v.numpy() for v in model.trainable_variables]
+        model.micro_batch = chunk
+        step = tf.function(model.train_step)
+        loss = float(step(batch)["loss"])
+        delta = [b - v.numpy() for b, v in zip(before, model.trainable_variables, strict=True)]
+        ops = step.get_concrete_function(batch).graph.get_operations()
+        results.append((loss, delta, sum(op.type == "Conv2D" for op in ops)))
+    (loss, delta, convs), (loss_c, delta_c, convs_c) = results
+    assert convs_c == 3 * convs  # three chunks of 2 images, each its own forward pass
+    assert math.isclose(loss_c, loss, rel_tol=1e-6)
+    assert max(np.abs(d).max() for d in delta) > 1e-3
+    for whole, chunked in zip(delta, delta_c, strict=True):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-7)
+    model.micro_batch = 4
+    with pytest.raises(UsageError, match=r"^micro_batch=4 must divide each replica's batch \(6"):
+        tf.function(model.train_step)(batch)
+
+
+def test_the_harness_passes_micro_batch_to_the_step_and_refuses_misfits(mnist_dir, tmp_path):
+    data = small_data(mnist_dir)
+    config = small_train(tmp_path, epochs=1, steps_per_epoch=2, eval_steps=1, micro_batch=8)
+    result = train.fit("pixelcnn", pixelcnn.small(), data, config, verbose=0)
+    assert result.model.micro_batch == 8 and result.step == 2
+    assert math.isfinite(result.eval_logs["nll"])
+    bad = small_train(tmp_path / "bad", micro_batch=5)  # batch 32
+    with pytest.raises(UsageError, match=r"^micro_batch=5 must be >= 0 and divide each replica"):
+        train.fit("pixelcnn", pixelcnn.small(), data, bad, verbose=0)
+    assert not (tmp_path / "bad").exists()  # refused before the run directory was made
+    with pytest.raises(UsageError, match=r"^micro_batch=8 applies to pixelcnn and pixelrnn; vae"):
+        train.fit("vae", vae.small(), data, small_train(tmp_path / "vae", micro_batch=8), verbose=0)
 
 
 # -- a trained run: export, serving, TensorBoard ---------------------------------------------

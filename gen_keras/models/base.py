@@ -21,15 +21,19 @@ from gen_keras.data import DataSpec
 from gen_keras.distributions import bits_per_dim
 
 
-def replica_mean(per_example) -> tf.Tensor:
+def replica_mean(per_example, count: int | None = None) -> tf.Tensor:
     """Mean over the local batch, divided by the replica count.
 
     Keras optimizers sum gradients over replicas, so each replica's loss is scaled by
-    1/num_replicas; with one replica this is the plain mean.
+    1/num_replicas; with one replica this is the plain mean. With `count`, per_example is
+    a chunk of a local batch of `count` examples: its sum / count, so that the chunks'
+    losses (and gradients) add up to the batch's.
     """
     replicas = tf.distribute.get_replica_context()
     n = replicas.num_replicas_in_sync if replicas is not None else 1
-    return tf.reduce_mean(per_example) / n
+    if count is None:
+        return tf.reduce_mean(per_example) / n
+    return tf.reduce_sum(per_example) / (count * n)
 
 
 def classification_scores(logits, label) -> dict:
