@@ -72,6 +72,9 @@ flags.DEFINE_integer(
     "speed: the training step takes its batch in chunks of this many images "
     "(TrainConfig.micro_batch; 0: whole); it must divide every --train_batches.",
 )
+flags.DEFINE_integer(
+    "intra_op_threads", 0, "Threads one op may use (TrainConfig.intra_op_threads; 0: default)."
+)
 flags.DEFINE_bool("sampling", True, "speed: also time the samplers.")
 flags.DEFINE_bool(
     "peak",
@@ -284,6 +287,7 @@ def quality() -> dict:
 
 def main(argv):
     del argv
+    train.set_intra_op_threads(FLAGS.intra_op_threads)  # before the first op
     result = speed() if FLAGS.task == "speed" else quality()
     result.update(
         task=FLAGS.task,

@@ -72,8 +72,8 @@ from gen_keras.runs import RUN_RECORD, TRAIN_CLOCK, read_clock
 # Fields that define what a run learns; a restart with other values would corrupt it. Every
 # model field; these data fields; the train fields in LEARNING_FIELDS (which
 # allow_config_change may release). The other train fields (epochs, export, logging,
-# checkpointing, time budget, eval_steps, jit_compile, strategy, precision, micro_batch) may
-# change on any resume.
+# checkpointing, time budget, eval_steps, jit_compile, strategy, precision, micro_batch,
+# intra_op_threads) may change on any resume.
 _IDENTITY = {
     "model": None,
     "data": ("dataset", "binarization", "train_split", "binarization_seed"),
@@ -348,6 +348,7 @@ class _Run:
         self.train_config = train_config
         # Whether the learning rate follows a schedule (decided once; `schedule` sets it).
         self.scheduled = bool(train_config.lr_warmup_steps) or train_config.lr_decay != 1.0
+        set_intra_op_threads(train_config.intra_op_threads)  # before any op of this run
         self.strategy = make_strategy(train_config.strategy)
         self.chief = is_chief(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -564,6 +565,23 @@ def evaluate(run: _Run, seed, jit: bool = False, steps: int | None = None) -> di
     for i in range(total):
         logs = test(iterator, rng.fold_in(seed, i))
     return {k: float(v) for k, v in logs.items()}
+
+
+def set_intra_op_threads(threads: int) -> None:
+    """Sets TensorFlow's intra-op thread count (0: leave the default); one line if the runtime
+    already started with another."""
+    check(threads >= 0, f"intra_op_threads={threads} must be >= 0 (0: TensorFlow's default)")
+    now = tf.config.threading.get_intra_op_parallelism_threads()
+    if not threads or threads == now or os.environ.get("TF_NUM_INTRAOP_THREADS") == str(threads):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        raise UsageError(
+            f"intra_op_threads={threads}: TensorFlow already runs with "
+            f"{now or 'its default'}; set it before the first op (trainers and benchmarks do) "
+            f"or start the process with TF_NUM_INTRAOP_THREADS={threads}"
+        ) from None
 
 
 def fit(

@@ -684,3 +684,26 @@ def test_a_scheduled_run_logs_its_rate_and_resumes_on_the_same_schedule(mnist_di
     )
     tags, _ = _events(os.path.join(constant.model_dir, "train"))
     assert "loss" in tags and "learning_rate" not in tags  # no schedule, no rate logged
+
+
+def test_intra_op_threads_are_set_before_the_first_op_or_refused_with_one_line(tmp_path):
+    # a fresh process: set before any op, the runtime takes it
+    code = (
+        "import tensorflow as tf; from gen_keras import train; train.set_intra_op_threads(1); "
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "float(tf.reduce_sum(tf.ones([3]))))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["1", "3.0"], out.stderr[-2000:]
+    # this process already runs ops: another value is refused before the run directory exists
+    tf.reduce_sum(tf.ones([2]))
+    other = tf.config.threading.get_intra_op_parallelism_threads() + 3
+    config = small_train(tmp_path, intra_op_threads=other)
+    with pytest.raises(UsageError, match=rf"^intra_op_threads={other}: TensorFlow already runs"):
+        train.fit("pixelcnn", pixelcnn.small(), DataConfig(), config, verbose=0)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UsageError, match=r"^intra_op_threads=-1 must be >= 0"):
+        train.set_intra_op_threads(-1)
