@@ -44,6 +44,24 @@ def _model(arch, spec=BINARY, scale=0.5, **overrides):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_micro_batches_take_the_whole_batchs_step(arch):
+    batch = {"image": _images(BINARY, n=4), "label": tf.zeros([4], tf.int32)}
+    deltas = []
+    for chunk in (0, 2):
+        model = _model(arch)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))  # the update is the gradient
+        model.build_for_training(batch)
+        before = [v.numpy() for v in model.trainable_variables]
+        model.micro_batch = chunk
+        tf.function(model.train_step)(batch)
+        after = model.trainable_variables
+        deltas.append([b - v.numpy() for b, v in zip(before, after, strict=True)])
+    assert max(np.abs(d).max() for d in deltas[0]) > 1e-3
+    for whole, chunked in zip(*deltas, strict=True):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_shapes_and_parameter_count(arch):
     model = _model(arch, layers=1, hidden=2, output_hidden=4, kernel_width=3)
     assert model.params(_images(BINARY)).shape == (3, 5, 7, 1)
