@@ -172,13 +172,9 @@ def speed() -> dict:
                 dtype=tf.as_dtype(FLAGS.precision)
             )
             print(f"{FLAGS.precision} matmul peak: {low:.1f} GFLOP/s")
-    chunk = FLAGS.micro_batch
+    chunk = model.micro_batch = FLAGS.micro_batch
     for n in (int(b) for b in FLAGS.train_batches):
-        check(
-            chunk >= 0 and (not chunk or n % chunk == 0),
-            f"--micro_batch={chunk} must be >= 0 and divide every --train_batches ({n})",
-        )
-        model.micro_batch = chunk
+        train.check_micro_batch(chunk, n)
         batch = {"image": _images(spec, n), "label": tf.zeros([n], tf.int32)}
         for jit in (False, True) if FLAGS.xla else (False,):
             mode = ("xla" if jit else "graph") + (

@@ -359,12 +359,8 @@ class _Run:
         )
         if hasattr(self.family, "check_batch"):  # a GAN splits it into critic minibatches
             self.family.check_batch(model_config, train_config.batch_size, self.replicas)
-        chunk, per_replica = train_config.micro_batch, train_config.batch_size // self.replicas
-        check(
-            chunk >= 0 and (not chunk or per_replica % chunk == 0),
-            f"micro_batch={chunk} must be >= 0 and divide each replica's batch "
-            f"({per_replica} images)",
-        )
+        chunk = train_config.micro_batch
+        check_micro_batch(chunk, train_config.batch_size // self.replicas)
         self.train_data = train_data or ImageData(data_config, data_config.train_split, True)
         self.eval_data = eval_data or ImageData(data_config, data_config.eval_split, False)
         self.spec: DataSpec = self.train_data.spec
@@ -565,6 +561,15 @@ def evaluate(run: _Run, seed, jit: bool = False, steps: int | None = None) -> di
     for i in range(total):
         logs = test(iterator, rng.fold_in(seed, i))
     return {k: float(v) for k, v in logs.items()}
+
+
+def check_micro_batch(chunk: int, per_replica_batch: int) -> None:
+    """One line unless `chunk` (TrainConfig.micro_batch) is 0 or divides the batch."""
+    check(
+        chunk >= 0 and (not chunk or per_replica_batch % chunk == 0),
+        f"micro_batch={chunk} must be >= 0 and divide each replica's batch "
+        f"({per_replica_batch} images)",
+    )
 
 
 def set_intra_op_threads(threads: int) -> None:

@@ -116,31 +116,23 @@ def pointwise_conv(x, kernel, bias=None) -> tf.Tensor:
     """
     cin, cout = int(kernel.shape[-2]), int(kernel.shape[-1])
 
-    def grads(x, kernel, dy):
-        flat_dy = tf.reshape(dy, [-1, cout])
-        matrix = tf.reshape(kernel, [cin, cout])
-        dx = tf.reshape(tf.matmul(flat_dy, matrix, transpose_b=True), tf.shape(x))
-        dw = tf.matmul(tf.reshape(x, [-1, cin]), flat_dy, transpose_a=True)
-        return dx, tf.reshape(dw, tf.shape(kernel))
-
-    if bias is None:
-
-        @tf.custom_gradient
-        def conv(x, kernel):
-            return tf.nn.conv2d(x, kernel, 1, "VALID"), lambda dy: grads(x, kernel, dy)
-
-        return conv(x, kernel)
-
     @tf.custom_gradient
-    def conv_bias(x, kernel, bias):
-        y = tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias)
+    def conv(x, kernel, *bias):  # bias: () or (bias,)
+        y = tf.nn.conv2d(x, kernel, 1, "VALID")
+        if bias:
+            y = tf.nn.bias_add(y, bias[0])
 
         def grad(dy):
-            return (*grads(x, kernel, dy), tf.raw_ops.BiasAddGrad(out_backprop=dy))
+            flat_dy = tf.reshape(dy, [-1, cout])
+            matrix = tf.reshape(kernel, [cin, cout])
+            dx = tf.reshape(tf.matmul(flat_dy, matrix, transpose_b=True), tf.shape(x))
+            dw = tf.matmul(tf.reshape(x, [-1, cin]), flat_dy, transpose_a=True)
+            db = [tf.raw_ops.BiasAddGrad(out_backprop=dy)] if bias else []
+            return (dx, tf.reshape(dw, tf.shape(kernel)), *db)
 
         return y, grad
 
-    return conv_bias(x, kernel, tf.convert_to_tensor(bias))
+    return conv(x, kernel, *([] if bias is None else [tf.convert_to_tensor(bias)]))
 
 
 class MaskedConv2D(keras.layers.Layer):
