@@ -6,7 +6,13 @@ import tensorflow as tf
 
 from gen_keras.config import UsageError
 from gen_keras.layers import MaskedConv2D, causal_mask, conv_precision, gate
-from gen_keras.layers.masked import WIDE_FILTERS, in_precision, unfused_relu
+from gen_keras.layers.masked import (
+    WIDE_FILTERS,
+    in_precision,
+    pointwise_group,
+    shift_down,
+    unfused_relu,
+)
 
 H, W = 5, 7  # distinct sizes: a swapped axis fails
 
@@ -161,6 +167,68 @@ def test_pointwise_convs_take_matmul_gradients_equal_to_the_convolutions(use_bia
     types = {op.type for op in graph.get_operations()}
     assert "MatMul" in types
     assert not types & {"Conv2DBackpropFilter", "Conv2DBackpropInput"}, types
+
+
+def test_shift_down_moves_rows_down_one_and_takes_no_strided_slice_gradient():
+    x = tf.random.stateless_normal([2, H, W, 3], seed=[1, 1])
+    want = np.concatenate([np.zeros([2, 1, W, 3], np.float32), x.numpy()[:, :-1]], axis=1)
+    np.testing.assert_array_equal(shift_down(x).numpy(), want)
+
+    def grad(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = tf.reduce_sum(shift_down(v) * tf.range(H, dtype=tf.float32)[:, None, None])
+        return tape.gradient(y, v)
+
+    # row r of x lands on row r + 1; the last row is dropped
+    want_grad = np.broadcast_to(np.append(np.arange(1, H), 0)[:, None, None], [2, H, W, 3])
+    np.testing.assert_array_equal(grad(x).numpy(), want_grad)
+    graph = tf.function(grad).get_concrete_function(x).graph
+    types = {op.type for op in graph.get_operations()}
+    assert "StridedSliceGrad" not in types and {"Slice", "Pad"} <= types, types
+    assert shift_down(x).shape == x.shape
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_pointwise_group_is_its_convs_called_one_by_one(precision):
+    # colour groups (each conv keeps its own mask), one conv without a bias, unbuilt convs
+    convs = [
+        MaskedConv2D(6, 1, "B", color_groups=3, name="a"),
+        MaskedConv2D(3, 1, "B", color_groups=3, use_bias=False, name="b"),
+        MaskedConv2D(9, 1, "B", color_groups=3, name="c"),
+    ]
+    x = tf.random.stateless_normal([2, H, W, 6], seed=[3, 4])
+    with conv_precision(precision):
+        grouped = pointwise_group(x, convs)  # builds a, b, c in this order
+    assert [tuple(c.kernel.shape) for c in convs] == [(1, 1, 6, 6), (1, 1, 6, 3), (1, 1, 6, 9)]
+    for i, c in enumerate(convs):
+        c.kernel.assign(tf.random.stateless_normal(c.kernel.shape, seed=[1, i]))
+        if c.bias is not None:
+            c.bias.assign(tf.random.stateless_normal(c.bias.shape, seed=[2, i]))
+    weights = [
+        tf.random.stateless_normal([2, H, W, c.filters], seed=[7, i]) for i, c in enumerate(convs)
+    ]
+    variables = [v for c in convs for v in c.trainable_variables]
+
+    def loss_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            with conv_precision(precision):
+                ys = fn()
+            loss = sum(tf.reduce_sum(y * w) for y, w in zip(ys, weights, strict=True))
+        return [*ys, *tape.gradient(loss, [x, *variables])]
+
+    got = loss_and_grads(lambda: pointwise_group(x, convs))
+    want = loss_and_grads(lambda: [c(x) for c in convs])
+    # bf16: both round the conv's inputs and outputs to bf16, in different sums
+    tol = 1e-5 if precision == "float32" else 2e-2
+    assert [a.shape for a in got] == [b.shape for b in want]
+    for a, b in zip(got, want, strict=True):
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=tol * scale)
+    assert grouped[1].shape == (2, H, W, 3)
+    with pytest.raises(UsageError, match="1x1 convs only"):
+        pointwise_group(x, [MaskedConv2D(4, 3, "B")])
 
 
 @pytest.mark.parametrize("filters, kernel", [(8, (3, 5)), (WIDE_FILTERS, (3, 3)), (16, 1)])
