@@ -4,6 +4,10 @@
     python -m benchmarks.pixelrnn --mode=quality --arch=row_lstm --config=reproduce --minutes=60
     # train images/s with XLA on and off
     python -m benchmarks.pixelrnn --mode=train_speed --arch=diagonal_bilstm --config=reproduce
+    # the step in chunks of 8 images with one thread per op (TrainConfig.micro_batch,
+    # intra_op_threads), graph mode only
+    python -m benchmarks.pixelrnn --mode=train_speed --arch=row_lstm --micro_batch=8 \
+        --intra_op_threads=1 --train_xla=false
     # sampling images/s: cached sampler vs whole-network recomputation per pixel
     python -m benchmarks.pixelrnn --mode=sample_speed --arch=row_lstm --sample_batches=16,100
 
@@ -18,12 +22,13 @@ import os
 import time
 
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from gen_keras import evaluation, rng, sampling, summaries
+from gen_keras import evaluation, rng, sampling, summaries, train
 from gen_keras.config import DataConfig
 from gen_keras.data import ImageData
 from gen_keras.models import pixelrnn
+from trainers import common
 
 flags.DEFINE_enum("mode", "quality", ["quality", "train_speed", "sample_speed"], "What to run.")
 flags.DEFINE_enum("arch", "row_lstm", list(pixelrnn.ARCHS), "Recurrent layer.")
@@ -36,6 +41,16 @@ flags.DEFINE_float("minutes", 60.0, "quality: training-time budget (compile, eva
 flags.DEFINE_float("eval_every_minutes", 15.0, "quality: NLL on 1000 test images this often.")
 flags.DEFINE_bool("xla", False, "quality: compile the train step with XLA.")
 flags.DEFINE_integer("steps", 20, "train_speed: timed steps (after 3 warm-up steps).")
+flags.DEFINE_integer(
+    "micro_batch",
+    0,
+    "train_speed: the training step takes its batch in chunks of this many images "
+    "(TrainConfig.micro_batch; 0: whole); it must divide --batch_size.",
+)
+flags.DEFINE_integer(
+    "intra_op_threads", 0, "Threads one op may use (TrainConfig.intra_op_threads; 0: default)."
+)
+flags.DEFINE_bool("train_xla", True, "train_speed: also time the step compiled with XLA.")
 flags.DEFINE_string("sample_batches", "16", "sample_speed: comma-separated batch sizes.")
 flags.DEFINE_bool("reference", True, "sample_speed: also time the reference sampler.")
 flags.DEFINE_integer("seed", 0, "Seed.")
@@ -147,10 +162,12 @@ def quality() -> None:
 
 def train_speed() -> None:
     """Steady-state training images/s with the train step compiled with XLA and without."""
+    train.check_micro_batch(FLAGS.micro_batch, FLAGS.batch_size)
     data = _data("train[:2048]", True)
     batches = list(data.dataset(FLAGS.batch_size, steps=4))
-    for xla in (False, True):
+    for xla in (False, True) if FLAGS.train_xla else (False,):
         model = _model(data.spec)
+        model.micro_batch = FLAGS.micro_batch
         step = tf.function(model.train_step, jit_compile=xla)
         t0 = time.perf_counter()
         for k in range(3):
@@ -168,6 +185,8 @@ def train_speed() -> None:
                 "config": vars(_config()),
                 "xla": xla,
                 "batch_size": FLAGS.batch_size,
+                "micro_batch": FLAGS.micro_batch,
+                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                 "images_per_sec": round(FLAGS.steps * FLAGS.batch_size / seconds, 2),
                 "compile_and_warmup_s": round(warmup, 1),
             }
@@ -203,8 +222,9 @@ def sample_speed() -> None:
 
 def main(argv):
     del argv
+    train.set_intra_op_threads(FLAGS.intra_op_threads)  # before the first op
     {"quality": quality, "train_speed": train_speed, "sample_speed": sample_speed}[FLAGS.mode]()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

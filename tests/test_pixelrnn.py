@@ -61,6 +61,27 @@ def test_micro_batches_take_the_whole_batchs_step(arch):
         np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
 
 
+def test_the_speed_benchmark_times_micro_batches_on_one_thread_per_op_and_refuses_misfits():
+    base = [sys.executable, "-m", "benchmarks.pixelrnn", "--mode=train_speed", "--config=small"]
+    flags = ["--batch_size=8", "--micro_batch=4", "--intra_op_threads=1", "--train_xla=false"]
+    result = subprocess.run(
+        [*base, *flags, "--steps=1"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert (line["micro_batch"], line["intra_op_threads"], line["xla"]) == (4, 1, False)
+    assert line["images_per_sec"] > 0
+    bad = subprocess.run(
+        [*base, "--batch_size=8", "--micro_batch=3"], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: micro_batch=3 must be >= 0 and divide each replica's batch")
+    ), bad.stderr[-2000:]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shapes_and_parameter_count(arch):
     model = _model(arch, layers=1, hidden=2, output_hidden=4, kernel_width=3)
