@@ -368,21 +368,25 @@ def test_short_training_on_mock_data_lowers_the_nll(arch, mnist_dir, monkeypatch
 def test_bfloat16_precision_reaches_the_training_steps_only(mnist_dir, tmp_path, monkeypatch):
     from tensorflow.core.protobuf import saved_model_pb2
 
-    call = MaskedConv2D.call
-    traced = []  # the precision of every MaskedConv2D call outside float32 (traces included)
+    convolve = MaskedConv2D.convolve
+    calls = []  # the precision of every masked convolution run or traced
 
-    def spy(layer, x):
-        if masked._conv_precision[0] != "float32":
-            traced.append(masked._conv_precision[0])
-        return call(layer, x)
+    def spy(layer, x, kernel, bias):
+        calls.append(masked._conv_precision[0])
+        return convolve(layer, x, kernel, bias)
 
-    monkeypatch.setattr(MaskedConv2D, "call", spy)
+    monkeypatch.setattr(MaskedConv2D, "convolve", spy)
     train_config = small_train(
         tmp_path, epochs=1, steps_per_epoch=3, eval_steps=1, precision="bfloat16"
     )
     result = train.fit("pixelcnn", pixelcnn.small(), small_data(mnist_dir), train_config, verbose=0)
-    convs = sum(isinstance(x, MaskedConv2D) for x in result.model._flatten_layers())
-    assert traced and set(traced) == {"bfloat16"} and len(traced) % convs == 0, traced
+    traced = [p for p in calls if p != "float32"]
+    calls.clear()
+    result.model.params(tf.zeros([1, 28, 28, 1]))  # one pass: its convolutions, in float32
+    per_pass = len(calls)
+    assert per_pass and set(calls) == {"float32"}
+    # only whole passes (the training step's traces) ran in bf16
+    assert traced and set(traced) == {"bfloat16"} and len(traced) % per_pass == 0, traced
     assert math.isfinite(result.eval_logs["nll"]) and result.step == 3
     # evaluation and the export are float32: nothing in the served graphs is bf16
     proto = saved_model_pb2.SavedModel()
