@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from gen_keras.layers.masked import MaskedConv2D
+from gen_keras.layers.masked import MaskedConv2D, shift_down
 
 GATES = 4  # input, forget, output, candidate
 
@@ -40,7 +40,8 @@ def skew(x):
     """[B, H, W, C] -> [B, H, W + H - 1, C]: out[:, i, i + j] = x[:, i, j], zeros elsewhere."""
     _, h, w, c = x.shape
     x = tf.pad(x, [[0, 0], [0, 0], [0, h], [0, 0]])  # rows of length W + H
-    flat = tf.reshape(x, [-1, h * (w + h), c])[:, : h * (w + h - 1)]
+    # Slice, not x[:, :n]: its gradient is a Pad, where a strided slice's is StridedSliceGrad
+    flat = tf.slice(tf.reshape(x, [-1, h * (w + h), c]), [0, 0, 0], [-1, h * (w + h - 1), -1])
     return tf.reshape(flat, [-1, h, w + h - 1, c])
 
 
@@ -53,7 +54,7 @@ def unskew(x, width: int):
             f" columns, got {t}"
         )
     flat = tf.pad(tf.reshape(x, [-1, h * t, c]), [[0, 0], [0, h], [0, 0]])
-    return tf.reshape(flat, [-1, h, width + h, c])[:, :, :width]
+    return tf.slice(tf.reshape(flat, [-1, h, width + h, c]), [0, 0, 0, 0], [-1, h, width, -1])
 
 
 def lstm_cell(preact, c_prev, groups: int):
@@ -133,10 +134,9 @@ def diagonal_lstm(preact_forward, preact_backward, state_kernels, groups: int):
     _, h = tf.scan(step, columns, (zeros, zeros))  # [T, 2, B, H, u]
     h = tf.reshape(tf.transpose(h, [1, 2, 3, 0, 4]), [-1, height, width + height - 1, units])
     h = tf.reshape(unskew(h, width), [2, -1, height, width, units])
-    forward, backward = h[0], tf.reverse(h[1], [2])
+    forward, backward = tf.unstack(h)  # gradient: a Pack, not two StridedSliceGrads
     # Backward h at (i, j) has seen row i right of j: use row i - 1's instead.
-    backward = tf.pad(backward[:, :-1], [[0, 0], [1, 0], [0, 0], [0, 0]])
-    return forward + backward
+    return forward + shift_down(tf.reverse(backward, [2]))
 
 
 class RowLSTM(keras.layers.Layer):
