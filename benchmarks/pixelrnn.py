@@ -4,9 +4,9 @@
     python -m benchmarks.pixelrnn --mode=quality --arch=row_lstm --config=reproduce --minutes=60
     # train images/s with XLA on and off
     python -m benchmarks.pixelrnn --mode=train_speed --arch=diagonal_bilstm --config=reproduce
-    # the step in chunks of 8 images with one thread per op (TrainConfig.micro_batch,
+    # the step in chunks of 16 images with one thread per op (TrainConfig.micro_batch,
     # intra_op_threads), graph mode only
-    python -m benchmarks.pixelrnn --mode=train_speed --arch=row_lstm --micro_batch=8 \
+    python -m benchmarks.pixelrnn --mode=train_speed --arch=row_lstm --micro_batch=16 \
         --intra_op_threads=1 --train_xla=false
     # sampling images/s: cached sampler vs whole-network recomputation per pixel
     python -m benchmarks.pixelrnn --mode=sample_speed --arch=row_lstm --sample_batches=16,100
@@ -161,7 +161,8 @@ def quality() -> None:
 
 
 def train_speed() -> None:
-    """Steady-state training images/s with the train step compiled with XLA and without."""
+    """Steady-state training images/s of the train step without XLA (and with, unless
+    --train_xla=false), in --micro_batch chunks if given."""
     train.check_micro_batch(FLAGS.micro_batch, FLAGS.batch_size)
     data = _data("train[:2048]", True)
     batches = list(data.dataset(FLAGS.batch_size, steps=4))

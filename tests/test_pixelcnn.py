@@ -382,7 +382,7 @@ def test_bfloat16_precision_reaches_the_training_steps_only(mnist_dir, tmp_path,
     result = train.fit("pixelcnn", pixelcnn.small(), small_data(mnist_dir), train_config, verbose=0)
     traced = [p for p in calls if p != "float32"]
     calls.clear()
-    result.model.params(tf.zeros([1, 28, 28, 1]))  # one pass: its convolutions, in float32
+    result.model.params(tf.zeros([1, *result.model.spec.shape]))  # one pass, in float32
     per_pass = len(calls)
     assert per_pass and set(calls) == {"float32"}
     # only whole passes (the training step's traces) ran in bf16

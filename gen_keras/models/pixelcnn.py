@@ -37,7 +37,13 @@ import tensorflow as tf
 
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import LIKELIHOODS, make_head, resolve_likelihood
-from gen_keras.layers.masked import GatedBlock, MaskedConv2D, ResidualBlock, SplitGatedBlock
+from gen_keras.layers.masked import (
+    GatedBlock,
+    MaskedConv2D,
+    ResidualBlock,
+    SplitGatedBlock,
+    shift_down,
+)
 from gen_keras.models.autoregressive import AutoregressiveModel
 
 ARCHS = ("pixelcnn", "gated")
@@ -231,7 +237,7 @@ class PixelCNN(AutoregressiveModel):
         if self.config.vertical == "split":
             v = x  # the block's own (k//2 + 1)x1 conv looks at the rows above only
         else:
-            v = tf.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]  # rows < i only
+            v = shift_down(x)  # rows < i only
         h, features = x, 0.0
         for block in self.blocks:
             v, h, skip = block(v, h, label)
