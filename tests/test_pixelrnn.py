@@ -72,7 +72,11 @@ def test_the_speed_benchmark_times_micro_batches_on_one_thread_per_op_and_refuse
     assert (line["micro_batch"], line["intra_op_threads"], line["xla"]) == (4, 1, False)
     assert line["images_per_sec"] > 0
     bad = subprocess.run(
-        [*base, "--batch_size=8", "--micro_batch=3"], cwd=REPO, capture_output=True, text=True
+        [*base, "--batch_size=8", "--micro_batch=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert bad.returncode == 2
     assert (
