@@ -240,11 +240,16 @@ def adopt_clock(model_dir: str, points: list[dict]) -> None:
     """A curve begun before the harness kept a training clock: its last point's minutes
     become the clock at its step, so that later points count from there. Refuses a run
     that trained past its last point without a clock (a segment killed before that
-    existed), whose minutes cannot be known."""
-    if not points or points[-1]["step"] in runs.read_clock(model_dir):
+    existed), whose minutes cannot be known. A clock that knows the newest checkpoint is
+    kept as it is (a segment killed after its last save: the point's own step may have
+    rotated out of the clock with its checkpoint)."""
+    if not points:
         return
-    last = points[-1]
+    clock = runs.read_clock(model_dir)
     steps = checkpoints.indexed_steps(os.path.join(model_dir, "checkpoints"))
+    last = points[-1]
+    if last["step"] in clock or (steps and steps[-1] in clock):
+        return
     check(
         steps and steps[-1] == last["step"],
         f"{model_dir} trained to step {steps[-1] if steps else None} after its curve's last "

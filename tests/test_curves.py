@@ -157,6 +157,21 @@ def test_an_older_curve_adopts_its_last_point_as_the_clock_or_is_refused(tmp_pat
         curves.adopt_clock(str(tmp_path), points)
 
 
+def test_a_segment_killed_after_its_clock_rotated_past_the_last_point_resumes(tmp_path):
+    """The clock keeps only the checkpoints on disk: a segment killed after a few saves no
+    longer names the curve's last step, but it knows the newest checkpoint's seconds, which
+    the resumed segment counts from; nothing is adopted or refused."""
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    for step in (20625, 21000, 21500):
+        (ckpt / f"ckpt-{step}.index").write_bytes(b"")
+    clock = {"20625": 1901.4, "21000": 1951.5, "21500": 1997.0}
+    (tmp_path / "train_clock.json").write_text(json.dumps(clock))
+    points = [{"minutes": 30.0, "step": 19474, "nll_nats": 83.47}]
+    curves.adopt_clock(str(tmp_path), points)
+    assert json.loads((tmp_path / "train_clock.json").read_text()) == clock
+
+
 def _log_line(minutes, start=100.0, per_e=-2.0):
     """Points exactly on y = start + per_e * ln(minutes)."""
     return [{"minutes": m, "nll_nats": start + per_e * math.log(m)} for m in minutes]
