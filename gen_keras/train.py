@@ -690,12 +690,15 @@ class _Loop:
         # first (data caching and tracing are free), without evaluation and checkpoints.
         self.spent, self.clock = 0.0, None
 
-    def tick(self) -> None:
-        """Counts the time since the last tick as training (the first tick starts the clock)."""
-        now = time.monotonic()
+    def tick(self) -> float:
+        """Counts the time since the last tick as training (the first tick starts the clock);
+        returns it (0 for the first)."""
+        now, counted = time.monotonic(), 0.0
         if self.clock is not None:
-            self.spent += now - self.clock
+            counted = now - self.clock
+            self.spent += counted
         self.clock = now
+        return counted
 
     def pause(self) -> None:
         """Leaves the time since the last tick uncounted (evaluation, a checkpoint)."""
@@ -727,14 +730,14 @@ class _Loop:
         if self.verbose:
             resumed = f" (resumed at step {step})" if offset else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}{resumed}", flush=True)
-        start, logs = time.perf_counter(), {}
+        start, logs, slowest = time.perf_counter(), {}, 0.0
         for i in range(offset, spe):
             if self.out_of_time():
                 spe = i  # the epoch ends here: evaluate and checkpoint what was trained
                 break
             rate = run.schedule(step)
             logs = self.train(iterator, rng.fold_in(self.train_seed, step))
-            self.tick()
+            slowest = max(slowest, self.tick())
             step += 1
             run.step.assign(step)
             bad = _finite(logs)
@@ -756,7 +759,10 @@ class _Loop:
                     f"{run.latest_checkpoint}; rerun the same command to resume"
                 )
         images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
-        summaries.scalars(self.train_writer, {**logs, "images_per_sec": images_per_sec}, step)
+        # The longest stretch the clock counted as one step (the epoch's first holds its data
+        # iterator's start): a stall in the input pipeline or the machine shows here.
+        timing = {"images_per_sec": images_per_sec, "slowest_step_seconds": slowest}
+        summaries.scalars(self.train_writer, {**logs, **timing}, step)
         with averaged_weights(model):
             eval_logs = evaluate(run, self.eval_seed, self.jit, cfg.eval_steps)
             logs = dict(eval_logs, step=step)
@@ -764,9 +770,11 @@ class _Loop:
                 callback.on_epoch_end(epoch, logs)
         eval_logs = {k: v for k, v in logs.items() if k != "step"}
         summaries.scalars(self.eval_writer, eval_logs, step)
-        self.save(step)
+        # The writers flush before the save pauses the clock: none of the epoch's closing
+        # bookkeeping (evaluation, summaries, flushes, checkpoint) counts as training.
         self.train_writer.flush()
         self.eval_writer.flush()
+        self.save(step)
         if self.verbose:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in eval_logs.items())
             print(f"  eval: {shown}  ({images_per_sec:.0f} images/s)", flush=True)

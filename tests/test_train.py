@@ -52,7 +52,7 @@ def test_tensorboard_events_have_the_expected_tags_and_steps(vae_run):
     train_tags, _ = _events(os.path.join(vae_run.model_dir, "train"))
     for name in METRICS:
         assert train_tags[name] == [2, 4, 6, 6, 8, 10, 12, 12]  # every 2 steps + epoch ends
-    assert train_tags["images_per_sec"] == [6, 12]
+    assert train_tags["images_per_sec"] == train_tags["slowest_step_seconds"] == [6, 12]
     assert "_hparams_/session_start_info" in train_tags
     eval_tags, acc = _events(os.path.join(vae_run.model_dir, "eval"))
     for name in METRICS + ["samples", "reconstructions"]:
@@ -644,6 +644,36 @@ def test_the_time_budget_and_the_training_clock_survive_resumes(mnist_dir, tmp_p
     third = train.fit("vae", vae.small(), data, cfg, verbose=0)
     assert third.step > second.step and third.train_seconds is None
     assert not os.path.exists(os.path.join(first.model_dir, runs.TRAIN_CLOCK))
+
+
+def test_the_training_clock_leaves_out_the_writers_flushes(mnist_dir, tmp_path, monkeypatch):
+    """Each epoch ends with evaluation, summaries, writer flushes and a checkpoint: none of
+    them is training. A slow flush (a busy disk) must not reach the clock."""
+    made = []
+
+    class SlowFlush:
+        def __init__(self, writer):
+            self.writer = writer
+
+        def __getattr__(self, name):
+            return getattr(self.writer, name)
+
+        def flush(self):
+            time.sleep(1.5)
+            made.append(1)
+            return self.writer.flush()
+
+    real_writer = train._Run.writer
+    monkeypatch.setattr(train._Run, "writer", lambda run, name: SlowFlush(real_writer(run, name)))
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+    cfg = small_train(tmp_path, epochs=2, steps_per_epoch=3, export=False)
+    result = train.fit("vae", vae.small(), data, cfg, verbose=0)
+    assert result.step == 6 and len(made) >= 4  # both writers flushed at both epochs' ends
+    # Five timed steps of a small VAE; the flushes between the epochs were 3 s.
+    assert 0 < result.train_seconds < 1.5
+    _, acc = _events(os.path.join(result.model_dir, "train"))
+    slowest = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slowest_step_seconds")]
+    assert len(slowest) == 2 and 0 < max(slowest) <= result.train_seconds
 
 
 # -- learning-rate schedule ----------------------------------------------------------------
