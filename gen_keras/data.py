@@ -34,6 +34,20 @@ SHARED_DATA_DIRS = (
     pathlib.Path.cwd().parent / "shared" / "tensorflow_datasets",
 )
 _SHUFFLE_BUFFER = 60_000  # MNIST-sized datasets shuffle fully; larger ones approximately
+# Fixed input parallelism instead of tf.data's autotuning: its thread sleeps in periods that
+# double up to 60 s, and destroying an iterator waits out the current one. Measured on the
+# Row LSTM (benchmarks/results.md): 16-18 s after most 25 s evaluations, and 21 s counted as
+# training at an epoch's end; with autotuning off, teardown takes milliseconds.
+_PARALLEL_CALLS = max(2, min(8, os.cpu_count() or 2))
+_PREFETCH_BATCHES = 2
+
+
+def _fixed_parallelism(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(_PREFETCH_BATCHES).with_options(options)
+
+
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -414,7 +428,7 @@ class ImageData:
             if steps is not None or skip:  # the harness: a fixed number of steps per epoch
                 ds = ds.repeat()
         ds = ds.enumerate().map(
-            self._preprocess(seed, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            self._preprocess(seed, epoch), num_parallel_calls=_PARALLEL_CALLS, deterministic=True
         )
         ds = ds.batch(batch_size, drop_remainder=self.training)
         if skip:
@@ -423,7 +437,7 @@ class ImageData:
             ds = ds.take(steps)
         if input_context is not None:
             ds = _replica_slices(ds, batch_size, input_context, self.training)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _fixed_parallelism(ds)
 
     def steps_per_epoch(self, global_batch: int) -> int:
         """Full batches in one pass (training) or batches covering the split (eval)."""
@@ -586,7 +600,7 @@ class SemiSupervisedData:
             ds = ds.take(steps)
         if input_context is not None:
             ds = _replica_slices(ds, batch_size, input_context, True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _fixed_parallelism(ds)
 
     def steps_per_epoch(self, global_batch: int) -> int:
         """Full batches in one pass over the unlabeled pool."""

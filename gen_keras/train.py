@@ -402,6 +402,7 @@ class _Run:
             self.trained_before: float | None = 0.0
             optimizers = [opt for opt, _ in self.model.optimizer_variables()]
             self.checkpoint = run_checkpoint(self.model, self.step, optimizers)
+        self._test_functions: dict[bool, tf.types.experimental.PolymorphicFunction] = {}
         self.variables = [self.step, *self.model.variables]
         self.variables += [v for opt in optimizers for v in opt.variables]
         self.checkpoint_dir = os.path.join(self.model_dir, "checkpoints")
@@ -411,6 +412,13 @@ class _Run:
             # latest checkpoint, in a hidden folder, and all restore from the chief's.
             task_id = self.strategy.cluster_resolver.task_id
             self.save_dir, self.keep = os.path.join(self.model_dir, f".worker-{task_id}"), 1
+
+    def test_function(self, jit: bool):
+        """The evaluation step, traced once per run (and XLA flag): evaluation under averaged
+        weights swaps their values in place, so one trace serves every epoch's evaluation."""
+        if jit not in self._test_functions:
+            self._test_functions[jit] = _step_function(self, self.model.test_step, jit)
+        return self._test_functions[jit]
 
     def schedule(self, step: int) -> dict:
         """Sets every optimizer's learning rate for step `step` (0-based) of the schedule;
@@ -553,7 +561,7 @@ def evaluate(run: _Run, seed, jit: bool = False, steps: int | None = None) -> di
     """test_step over the eval split (or its first `steps` batches); returns mean metrics."""
     for m in run.model.metrics:
         m.reset_state()
-    test = _step_function(run, run.model.test_step, jit)
+    test = run.test_function(jit)
     total = run.eval_data.steps_per_epoch(run.train_config.batch_size)
     total = min(total, steps) if steps else total
     iterator = iter(run.distributed(run.eval_data, steps=total))
@@ -759,6 +767,9 @@ class _Loop:
                     f"{run.latest_checkpoint}; rerun the same command to resume"
                 )
         images_per_sec = (spe - offset) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
+        # The epoch's input pipeline goes now, off the clock: its teardown (tf.data's threads)
+        # would otherwise run when this frame returns, after the checkpoint restarted the clock.
+        del iterator
         # The longest stretch the clock counted as one step (the epoch's first holds its data
         # iterator's start): a stall in the input pipeline or the machine shows here.
         timing = {"images_per_sec": images_per_sec, "slowest_step_seconds": slowest}

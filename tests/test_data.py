@@ -137,6 +137,24 @@ def test_eval_slices_cover_the_split_once_with_equal_step_counts(mnist_dir):
     )
 
 
+def test_pipelines_run_without_tf_data_autotuning(mnist_dir):
+    """Autotuning's thread made each iterator's destruction wait out its sleep (16-21 s
+    measured at epoch ends and after evaluations): every pipeline here turns it off."""
+    train_data = ImageData(small_data(mnist_dir), "train[:64]", training=True)
+    eval_data = ImageData(small_data(mnist_dir), "test[:40]", training=False)
+    semi = data_lib.SemiSupervisedData.balanced(train_data, 1, seed=0, labeled_per_batch=4)
+    pipelines = [
+        train_data.dataset(16, seed=1, epoch=0),
+        train_data.dataset(16, seed=1, epoch=0, skip=1, steps=2),
+        eval_data.dataset(16),
+        eval_data.dataset(16, input_context=_contexts(2, 2)[1]),
+        semi.dataset(16, seed=1, steps=2),
+    ]
+    for ds in pipelines:
+        assert ds.options().autotune.enabled is False
+        assert int(next(iter(ds))["image"].shape[0]) in (8, 16)
+
+
 def test_eval_keeps_order_and_partial_batch(mnist_dir):
     data = ImageData(small_data(mnist_dir), "test[:50]", training=False)
     sizes = [int(b["image"].shape[0]) for b in data.dataset(16)]

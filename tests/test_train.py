@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 
 import numpy as np
 import pytest
@@ -674,6 +675,64 @@ def test_the_training_clock_leaves_out_the_writers_flushes(mnist_dir, tmp_path, 
     _, acc = _events(os.path.join(result.model_dir, "train"))
     slowest = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slowest_step_seconds")]
     assert len(slowest) == 2 and 0 < max(slowest) <= result.train_seconds
+
+
+def test_evaluation_traces_its_step_once_per_run(mnist_dir, tmp_path, monkeypatch):
+    """Every epoch evaluates, under averaged weights, and the end of fit evaluates again: one
+    trace of test_step serves them all (a trace per evaluation costs seconds on big models)."""
+    traces = []
+
+    class Counted(vae.VAE):
+        def test_step(self, data):
+            traces.append(1)  # Python runs only while tracing
+            return super().test_step(data)
+
+    def build(config, spec, lr):
+        model = Counted(spec, config)
+        model.compile(optimizer=vae.keras.optimizers.Adam(lr))
+        return model
+
+    monkeypatch.setattr(vae, "build", build)
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+    counts = []
+    for epochs in (1, 3):
+        traces.clear()
+        cfg = small_train(
+            tmp_path / str(epochs), epochs=epochs, steps_per_epoch=2, ema_decay=0.9, export=False
+        )
+        result = train.fit("vae", vae.small(), data, cfg, verbose=0)
+        assert result.step == 2 * epochs
+        counts.append(len(traces))
+    assert counts[0] >= 1 and counts[1] == counts[0], counts
+
+
+def test_the_training_clock_leaves_out_the_input_pipelines_teardown(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """An epoch's training iterator is destroyed with the epoch's bookkeeping, off the clock:
+    a slow teardown (tf.data's threads; 21 s measured once) must not reach the next epoch."""
+    torn_down = []
+    real = train._Run.distributed
+
+    class SlowTeardown:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __iter__(self):
+            iterator = iter(self.dataset)
+            weakref.finalize(iterator, lambda: (time.sleep(1.5), torn_down.append(1)))
+            return iterator
+
+    def distributed(run, data, **kwargs):
+        dataset = real(run, data, **kwargs)
+        return SlowTeardown(dataset) if data is run.train_data else dataset
+
+    monkeypatch.setattr(train._Run, "distributed", distributed)
+    data = dataclasses.replace(small_data(mnist_dir), eval_split="test[:32]")
+    cfg = small_train(tmp_path, epochs=2, steps_per_epoch=3, export=False)
+    result = train.fit("vae", vae.small(), data, cfg, verbose=0)
+    assert result.step == 6 and len(torn_down) == 2  # both epochs' iterators, 3 s in all
+    assert 0 < result.train_seconds < 1.5
 
 
 # -- learning-rate schedule ----------------------------------------------------------------
