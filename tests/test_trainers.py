@@ -118,6 +118,23 @@ def test_help_lists_the_shared_and_model_flags():
         assert flag in result.stdout
 
 
+def test_config_help_names_what_each_preset_sets():
+    """The flags show Config()'s defaults; --config's help names what each preset changes, so
+    `--config=reproduce` alone is not read as a Row LSTM (its preset builds a Diagonal BiLSTM)."""
+    from gen_keras.models import pixelrnn, vae
+    from trainers.common import preset_values
+
+    assert preset_values(pixelrnn) == (
+        "What each preset sets over the flags' defaults (a given flag wins): default: none; "
+        "small: layers=2, hidden=6, output_hidden=12; reproduce: arch=diagonal_bilstm, layers=7."
+    )
+    for name in ("small", "reproduce"):  # every named value is the preset's, none is Config()'s
+        config, base = dataclasses.asdict(getattr(vae, name)()), dataclasses.asdict(vae.Config())
+        part = preset_values(vae).split(f"; {name}: ")[1].split(";")[0].rstrip(".")
+        named = dict(item.split("=", 1) for item in part.split(", "))
+        assert named == {k: str(v) for k, v in config.items() if v != base[k]}
+
+
 # Imports every trainer in one process (each defines its flags on absl's global FLAGS, so
 # the next one starts after removing them) and prints {module: {flag: [type, choices]}},
 # plus the Config a preset with one given flag resolves to.

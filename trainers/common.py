@@ -90,8 +90,26 @@ def define_model_flags(module, presets_help: str) -> None:
     """--config (the module's presets) and one flag per field of its Config; the flags'
     defaults are Config()'s, and a preset's values win over every flag not given."""
     presets = [p for p in PRESETS if p == "default" or hasattr(module, p)]
-    flags.DEFINE_enum("config", "default", presets, presets_help)
+    flags.DEFINE_enum("config", "default", presets, f"{presets_help} {preset_values(module)}")
     define_config_flags(module.Config())
+
+
+def preset_values(module) -> str:
+    """What each preset sets over the flags' defaults (Config()'s), for --config's help: the
+    flags below show Config()'s values, and a preset's win over every flag not given."""
+    base = dataclasses.asdict(module.Config())
+    parts = []
+    for name in PRESETS:
+        if name != "default" and not hasattr(module, name):
+            continue
+        values = dataclasses.asdict(preset(module, name))
+        changed = [f"{k}={v}" for k, v in values.items() if v != base[k]]
+        parts.append(f"{name}: {', '.join(changed) or 'none'}")
+    return (
+        "What each preset sets over the flags' defaults (a given flag wins): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def define_union_model_flags(modules) -> None:

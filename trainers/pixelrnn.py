@@ -12,9 +12,7 @@ from trainers import common
 
 common.define_flags("pixelrnn")
 common.define_model_flags(
-    pixelrnn,
-    "Preset: default (4 layers), small (tests), reproduce (the paper's 7 layers, h=16; a "
-    "Diagonal BiLSTM unless --arch is given).",
+    pixelrnn, "Preset: default (4 layers), small (tests), reproduce (the paper's 7 layers, h=16)."
 )
 
 
