@@ -69,6 +69,11 @@ def check_fields(config) -> None:
 PRESETS = ("default", "small", "reproduce")
 
 
+def preset_names(module) -> list[str]:
+    """The presets a family module offers: default always, small and reproduce if defined."""
+    return [p for p in PRESETS if p == "default" or hasattr(module, p)]
+
+
 def preset(module, name: str, **given):
     """A family module's preset Config: default (its `default()` or `Config()`), small (tests)
     or reproduce (published sizes). A preset function with parameters (e.g.
@@ -77,8 +82,8 @@ def preset(module, name: str, **given):
     if name in PRESETS[1:]:
         fn = getattr(module, name, None)
     family = module.__name__.rsplit(".", 1)[-1]
-    known = [p for p in PRESETS if p == "default" or hasattr(module, p)]
-    check(fn is not None, f"config={name!r} is not a preset of {family} ({', '.join(known)})")
+    known = ", ".join(preset_names(module))
+    check(fn is not None, f"config={name!r} is not a preset of {family} ({known})")
     if fn is module.Config:
         return fn()
     params = inspect.signature(fn).parameters

@@ -9,7 +9,7 @@ import typing
 
 from absl import app, flags, logging
 
-from gen_keras.config import PRESETS, DataConfig, TrainConfig, UsageError, preset
+from gen_keras.config import DataConfig, TrainConfig, UsageError, preset, preset_names
 from gen_keras.train import Preempted, TrainingError
 
 FLAGS = flags.FLAGS
@@ -89,8 +89,9 @@ def define_flags(family: str) -> None:
 def define_model_flags(module, presets_help: str) -> None:
     """--config (the module's presets) and one flag per field of its Config; the flags'
     defaults are Config()'s, and a preset's values win over every flag not given."""
-    presets = [p for p in PRESETS if p == "default" or hasattr(module, p)]
-    flags.DEFINE_enum("config", "default", presets, f"{presets_help} {preset_values(module)}")
+    flags.DEFINE_enum(
+        "config", "default", preset_names(module), f"{presets_help} {preset_values(module)}"
+    )
     define_config_flags(module.Config())
 
 
@@ -99,9 +100,7 @@ def preset_values(module) -> str:
     flags below show Config()'s values, and a preset's win over every flag not given."""
     base = dataclasses.asdict(module.Config())
     parts = []
-    for name in PRESETS:
-        if name != "default" and not hasattr(module, name):
-            continue
+    for name in preset_names(module):
         values = dataclasses.asdict(preset(module, name))
         changed = [f"{k}={v}" for k, v in values.items() if v != base[k]]
         parts.append(f"{name}: {', '.join(changed) or 'none'}")
