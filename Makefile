@@ -19,7 +19,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
