@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -33,6 +34,20 @@ def _model(config=None, seed=0):
     model = m2.build(config or m2.small(), SPEC, 1e-2)
     model.build_for_training(_batch())
     return model
+
+
+def test_calling_a_new_model_builds_every_layer_without_a_keras_warning():
+    # call() runs q(y|x) only; Keras's default build would leave the generative layers
+    # unbuilt ("`build()` was called on layer ...") and the model half-built.
+    for config in (m2.small(), dataclasses.replace(m2.small(), method="supervised")):
+        keras.utils.set_random_seed(0)
+        model = m2.build(config, SPEC, 1e-2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            logits = model(_batch()["image"])
+        assert logits.shape == (3, 10)
+        assert all(layer.built for layer in model._flatten_layers())
+        assert len(model.weights) == len(_model(config).weights)  # as the trainer builds it
 
 
 def test_shapes():

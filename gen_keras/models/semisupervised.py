@@ -34,7 +34,12 @@ import tensorflow_probability as tfp
 
 from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
-from gen_keras.models.base import GenerativeModel, classification_scores, with_error_count
+from gen_keras.models.base import (
+    GenerativeModel,
+    classification_scores,
+    dummy_batch,
+    with_error_count,
+)
 from gen_keras.models.classifier import random_shift
 from gen_keras.models.networks import convnet_trunk
 
@@ -232,6 +237,18 @@ class SemiSupervised(GenerativeModel):
         if seed is not None and self.config.dropout > 0:
             f = tf.nn.experimental.stateless_dropout(f, self.config.dropout, seed=seed)
         return self.logit_layer(f), f
+
+    def build(self, input_shape=None):
+        """Creates every layer: q(y|x), then q(z|x,y) and p(x|y,z), in test_step's order.
+
+        `call` runs q(y|x) only, so Keras's default build would mark the model built with
+        the generative layers unbuilt (and warn). The dummy pass draws no random numbers.
+        """
+        del input_shape  # the shapes are the spec's
+        x = dummy_batch(self.spec)["image"]
+        self.classify(x)
+        if self.generative:
+            self.elbo_all_labels(self.observe(x), tf.constant([0, 0], tf.int32))
 
     def call(self, x):
         """Model-space images [B, H, W, C] -> logits of q(y|x) [B, K]."""
