@@ -31,7 +31,7 @@ setup(
         "serving": SERVING,  # the gRPC client and its protos
         "beam": BEAM,  # batch inference on Apache Beam (pulls protobuf 6.x, which TF accepts)
         "bench": BENCH,
-        "dev": ["pytest>=8", "ruff==0.17.6", *SERVING, *BEAM, *BENCH],
+        "dev": ["pytest>=8", "pytest-xdist==3.8.0", "ruff==0.17.6", *SERVING, *BEAM, *BENCH],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
     },
 )
