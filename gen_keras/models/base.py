@@ -121,6 +121,13 @@ class GenerativeModel(keras.Model):
             optimizer = self.default_optimizer(learning_rate or self.learning_rate)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def fit(self, x=None, *args, **kwargs):
+        """Keras fit. A tf.data.Dataset (e.g. `Split.dataset`) shuffles itself, so `shuffle`
+        defaults to False for one: with Keras's True, Keras 3.15 warns on every such call."""
+        if isinstance(x, tf.data.Dataset) and not args:
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
+
     def step_seed(self, data) -> tf.Tensor:
         """The batch's int32 [2] seed, or the next draw of the model's seed generator."""
         if "seed" in data:
