@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gen_keras import serving
 from gen_keras.config import UsageError
 
 # What the export is, for tools (TF Serving ignores assets.extra/, except warmup requests).
@@ -273,7 +274,7 @@ def _png_signature(sample, spec):
 
 
 MODELS_CONFIG = "models.config"
-DOCKER_ROOT = "/models"  # where the tensorflow/serving image sees the export root mounted
+DOCKER_ROOT = serving.DOCKER_ROOT  # where the tensorflow/serving image sees the export root
 
 
 def exported_models(export_root: str) -> list[str]:
