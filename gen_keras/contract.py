@@ -17,7 +17,7 @@ import inspect
 
 import tensorflow as tf
 
-from gen_keras.serving import MAX_BATCH  # rows per request (defined where the CLI reads it)
+MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
 
 SEED_SPEC = tf.TensorSpec([None, 2], tf.int32, name="seed")
 LABEL_SPEC = tf.TensorSpec([None], tf.int32, name="label")

@@ -31,7 +31,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gen_keras import serving
 from gen_keras.config import UsageError
 
 # What the export is, for tools (TF Serving ignores assets.extra/, except warmup requests).
@@ -274,7 +273,7 @@ def _png_signature(sample, spec):
 
 
 MODELS_CONFIG = "models.config"
-DOCKER_ROOT = serving.DOCKER_ROOT  # where the tensorflow/serving image sees the export root
+DOCKER_ROOT = "/models"  # where the tensorflow/serving image sees the export root mounted
 
 
 def exported_models(export_root: str) -> list[str]:

@@ -268,42 +268,6 @@ def test_cli_process_exits_2_with_one_line_within_its_timeout(hostile, tmp_path)
     assert not (tmp_path / "grid.png").exists()
 
 
-_NO_TF_PROBE = """
-import sys
-from gen_keras.serving import cli
-for argv in {argvs!r}:
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        rc = e.code
-    print("rc", rc, "tensorflow" in sys.modules)
-"""
-
-
-def test_cli_usage_errors_and_status_answer_without_loading_tensorflow():
-    argvs = [
-        ["sample"],  # no --model
-        ["sample", "--model=vae", "--n=0"],
-        ["sample", "--model=vae", "--n=1025"],  # above MAX_BATCH
-        ["sample", "--model=vae", "--timeout=0"],
-        ["status", "--model=vae", "--rest=http://127.0.0.1:9", "--timeout=2"],  # nothing there
-        ["bogus"],
-    ]
-    result = subprocess.run(
-        [sys.executable, "-c", _NO_TF_PROBE.format(argvs=argvs)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:-1] == ["rc 2 False"] * len(argvs), result.stdout
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == len(argvs) and all(e.startswith("error: ") for e in errors), errors
-    assert "1..1024" in errors[1] and "1..1024" in errors[2] and "timeout=0" in errors[3]
-    assert "cannot reach" in errors[4]
-
-
 # -- gRPC ------------------------------------------------------------------------------
 
 

@@ -8,11 +8,6 @@
 - `cli`: `python -m gen_keras.serving.cli sample --model=vae --n=16 --out=grid.png`.
 """
 
-# Serving constants that need no TensorFlow, so the command line can parse and refuse its
-# arguments without loading it (`gen_keras.contract` and `gen_keras.export` use these).
-MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
-DOCKER_ROOT = "/models"  # where the tensorflow/serving image sees the export root mounted
-
 
 class ServingError(RuntimeError):
     """A model server refused a request or sent a reply that is not TF Serving's (one line)."""

@@ -8,8 +8,6 @@
 `sample` asks the model server for n images (row i uses seed [--seed, i]) and writes
 them as one PNG grid; it checks the reply (exactly n PNGs of one small size) before
 decoding. Errors print one line and exit with code 2; `--timeout` bounds each request.
-TensorFlow is imported only by the steps that need it (decoding and writing PNGs, gRPC,
-`config`), so a usage error or `status` answers without its few seconds of start-up.
 """
 
 from __future__ import annotations
@@ -23,8 +21,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TF's C++ logs quiet
 
 import numpy as np
+import tensorflow as tf
 
-from gen_keras.serving import DOCKER_ROOT, MAX_BATCH, ServingError, one_line
+from gen_keras import contract, export, summaries
+from gen_keras.serving import ServingError, one_line
+from gen_keras.serving.grpc_client import GrpcClient
 from gen_keras.serving.rest import RestClient
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--export_dir", default="saved_models")
     config.add_argument(
         "--base_path",
-        default=DOCKER_ROOT,
+        default=export.DOCKER_ROOT,
         help="where the server sees the export root (absolute path)",
     )
     return parser
@@ -72,8 +73,6 @@ def _predict(args, inputs: dict) -> dict:
     if not args.timeout > 0:
         raise ServingError(f"--timeout={args.timeout} must be > 0")
     if args.grpc:
-        from gen_keras.serving.grpc_client import GrpcClient  # imports TensorFlow
-
         client = GrpcClient(args.grpc, timeout=args.timeout)
         try:
             return client.predict(args.model, inputs, "sample_png", args.version)
@@ -106,8 +105,6 @@ def decode_samples(pngs, n: int) -> np.ndarray:
     sizes = {png_size(png) for png in pngs}
     if len(sizes) != 1:
         raise ServingError(f"the server's samples differ in size: {sorted(sizes)}")
-    import tensorflow as tf
-
     try:
         images = np.stack([tf.io.decode_png(png).numpy() for png in pngs])
     except (tf.errors.OpError, ValueError) as e:
@@ -116,8 +113,8 @@ def decode_samples(pngs, n: int) -> np.ndarray:
 
 
 def sample(args) -> str:
-    if not 1 <= args.n <= MAX_BATCH:
-        raise ServingError(f"--n={args.n} must be in 1..{MAX_BATCH}")
+    if not 1 <= args.n <= contract.MAX_BATCH:
+        raise ServingError(f"--n={args.n} must be in 1..{contract.MAX_BATCH}")
     inputs = {"seed": np.stack([np.full(args.n, args.seed), np.arange(args.n)], 1).astype(np.int32)}
     if args.label is not None:
         inputs["label"] = np.full(args.n, args.label, np.int32)
@@ -128,10 +125,6 @@ def sample(args) -> str:
             f"the server's sample_png reply has no png_bytes (got {sorted(outputs)})"
         )
     images = decode_samples(outputs["png_bytes"], args.n)
-    import tensorflow as tf
-
-    from gen_keras import summaries
-
     try:
         summaries.write_png(args.out, summaries.grid(images / 255.0))
     except (OSError, tf.errors.OpError) as e:
@@ -148,8 +141,6 @@ def main(argv=None) -> int:
             client = RestClient(args.rest, timeout=args.timeout)
             print(json.dumps(client.status(args.model), indent=2))
         else:
-            from gen_keras import export  # imports TensorFlow
-
             path = export.write_models_config(args.export_dir, args.base_path)
             print(f"wrote {path} ({', '.join(export.exported_models(args.export_dir))})")
     except (ServingError, OSError) as e:
