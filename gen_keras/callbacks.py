@@ -57,11 +57,18 @@ class Pictures(keras.callbacks.Callback):
             summaries.write_png(os.path.join(self.png_dir, "samples.png"), grids["samples"])
 
 
-def sample_images(model, n: int, seed, batch: int = 500) -> np.ndarray:
-    """n samples of any model with `sample(seeds, label)`, uint8 data space [n, H, W, C]
-    (class-balanced labels for a conditional model); row i's seed is fold_in(seed, i)."""
+def sampler(model):
+    """model.sample(seeds, labels) in data space, as one tf.function: keep it to sample the
+    same model again without tracing it again (the weights are read when it runs)."""
     spec = model.spec
-    fn = tf.function(lambda s, y: spec.to_data(model.sample(s, y)), reduce_retracing=True)
+    return tf.function(lambda s, y: spec.to_data(model.sample(s, y)), reduce_retracing=True)
+
+
+def sample_images(model, n: int, seed, batch: int = 500, fn=None) -> np.ndarray:
+    """n samples of any model with `sample(seeds, label)`, uint8 data space [n, H, W, C]
+    (class-balanced labels for a conditional model); row i's seed is fold_in(seed, i).
+    `fn`: the model's `sampler`, if the caller keeps one (else one is traced for this call)."""
+    fn = fn or sampler(model)
     seeds = rng.row_seeds(tf.constant(seed, tf.int32), n)
     labels = model.labels_for(n)
     out = [
@@ -89,6 +96,7 @@ class SampleQuality(keras.callbacks.Callback):
         self._quality = None
         self._writer = writer
         self._noted = False
+        self._sampler = None  # (model, its sampler)
 
     def load(self) -> metrics.SampleQuality | None:
         """The classifier and the eval split's reference features, loaded on the first call;
@@ -110,7 +118,12 @@ class SampleQuality(keras.callbacks.Callback):
         quality = self.load()
         if quality is None:
             return {}
-        samples = sample_images(self.model, num_samples or self.num_samples, self.seed)
+        if self._sampler is None or self._sampler[0] is not self.model:
+            # one trace per model, not one per epoch (TF warned of the retracing)
+            self._sampler = (self.model, sampler(self.model))
+        samples = sample_images(
+            self.model, num_samples or self.num_samples, self.seed, fn=self._sampler[1]
+        )
         return quality.evaluate(samples)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from gen_keras import callbacks, export, rng, runs, scoring, train
+from gen_keras import callbacks, export, metrics, rng, runs, scoring, train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models import gan
@@ -302,6 +302,30 @@ def test_without_a_classifier_fid_is_off_and_says_so(tmp_path):
     text = tf.make_ndarray(acc.Tensors("sample_quality")[0].tensor_proto).item().decode()
     assert "no classifier was given" in text
     assert quality.evaluate(300) == {}
+
+
+def test_sample_quality_traces_its_sampler_once_and_reads_the_current_weights():
+    model = _model()
+    projection = tf.random.stateless_normal([8 * 12, 10], [3, 4])
+
+    def toy_features(images):  # a fixed random projection: logits and features alike
+        flat = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, 8 * 12])
+        out = flat @ projection
+        return {"logits": out, "features": out}
+
+    toy = metrics.Classifier(toy_features, "toy")
+    reference = tf.random.stateless_uniform([64, 8, 12, 1], [5, 6], 0, 256, tf.int32)
+    quality = callbacks.SampleQuality(toy, None, seed=(0, 2))
+    quality._quality = metrics.SampleQuality(toy, np.asarray(reference, np.uint8))
+    quality.set_model(model)
+    first, again = quality.evaluate(40), quality.evaluate(40)
+    assert first == again  # same seed, same weights
+    assert quality._sampler[1].experimental_get_tracing_count() == 1
+    kernel = model.generator.trainable_variables[0]
+    kernel.assign(kernel * 3.0)  # the kept sampler must see new weights, not a traced copy
+    changed = quality.evaluate(40)
+    assert changed["fid"] != first["fid"]
+    assert quality._sampler[1].experimental_get_tracing_count() == 1
 
 
 @pytest.fixture(scope="module")
