@@ -64,11 +64,10 @@ def sampler(model):
     return tf.function(lambda s, y: spec.to_data(model.sample(s, y)), reduce_retracing=True)
 
 
-def sample_images(model, n: int, seed, batch: int = 500, fn=None) -> np.ndarray:
-    """n samples of any model with `sample(seeds, label)`, uint8 data space [n, H, W, C]
-    (class-balanced labels for a conditional model); row i's seed is fold_in(seed, i).
-    `fn`: the model's `sampler`, if the caller keeps one (else one is traced for this call)."""
-    fn = fn or sampler(model)
+def sample_images(model, fn, n: int, seed, batch: int = 500) -> np.ndarray:
+    """n samples of any model with `sample(seeds, label)` through its `sampler` fn, uint8
+    data space [n, H, W, C] (class-balanced labels for a conditional model); row i's seed
+    is fold_in(seed, i)."""
     seeds = rng.row_seeds(tf.constant(seed, tf.int32), n)
     labels = model.labels_for(n)
     out = [
@@ -96,7 +95,11 @@ class SampleQuality(keras.callbacks.Callback):
         self._quality = None
         self._writer = writer
         self._noted = False
-        self._sampler = None  # (model, its sampler)
+        self._sampler = None  # the model's sampler, traced once (set_model resets it)
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._sampler = None
 
     def load(self) -> metrics.SampleQuality | None:
         """The classifier and the eval split's reference features, loaded on the first call;
@@ -118,11 +121,10 @@ class SampleQuality(keras.callbacks.Callback):
         quality = self.load()
         if quality is None:
             return {}
-        if self._sampler is None or self._sampler[0] is not self.model:
-            # one trace per model, not one per epoch (TF warned of the retracing)
-            self._sampler = (self.model, sampler(self.model))
+        if self._sampler is None:  # one trace per model, not one per epoch
+            self._sampler = sampler(self.model)
         samples = sample_images(
-            self.model, num_samples or self.num_samples, self.seed, fn=self._sampler[1]
+            self.model, self._sampler, num_samples or self.num_samples, self.seed
         )
         return quality.evaluate(samples)
 

@@ -320,12 +320,14 @@ def test_sample_quality_traces_its_sampler_once_and_reads_the_current_weights():
     quality.set_model(model)
     first, again = quality.evaluate(40), quality.evaluate(40)
     assert first == again  # same seed, same weights
-    assert quality._sampler[1].experimental_get_tracing_count() == 1
+    assert quality._sampler.experimental_get_tracing_count() == 1
     kernel = model.generator.trainable_variables[0]
     kernel.assign(kernel * 3.0)  # the kept sampler must see new weights, not a traced copy
     changed = quality.evaluate(40)
     assert changed["fid"] != first["fid"]
-    assert quality._sampler[1].experimental_get_tracing_count() == 1
+    assert quality._sampler.experimental_get_tracing_count() == 1
+    quality.set_model(model)  # a (new) model gets a new sampler
+    assert quality._sampler is None
 
 
 @pytest.fixture(scope="module")
