@@ -24,7 +24,7 @@ import time
 import tensorflow as tf
 from absl import flags
 
-from gen_keras import evaluation, rng, sampling, summaries, train
+from gen_keras import evaluation, png, rng, sampling, train
 from gen_keras.config import DataConfig
 from gen_keras.data import ImageData
 from gen_keras.models import pixelrnn
@@ -138,9 +138,7 @@ def quality() -> None:
     final = evaluation.score_split(model, test_data)
     seeds = rng.row_seeds(tf.constant([FLAGS.seed, 9]), 16)
     samples = tf.function(lambda s: model.sample(s))(seeds)
-    summaries.write_png(
-        os.path.join(FLAGS.out_dir, f"samples_{FLAGS.arch}.png"), summaries.grid(samples.numpy())
-    )
+    png.write(os.path.join(FLAGS.out_dir, f"samples_{FLAGS.arch}.png"), png.grid(samples.numpy()))
     _report(
         {
             "mode": "quality",

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from gen_keras import metrics, rng, runs, summaries
+from gen_keras import metrics, png, rng, runs, summaries
 
 
 def _writer(log_dir):
@@ -53,8 +53,8 @@ class Pictures(keras.callbacks.Callback):
         self.writer.flush()
         if self.png_dir and "samples" in grids:
             path = os.path.join(self.png_dir, "samples", f"epoch_{epoch + 1:04d}.png")
-            summaries.write_png(path, grids["samples"])
-            summaries.write_png(os.path.join(self.png_dir, "samples.png"), grids["samples"])
+            png.write(path, grids["samples"])
+            png.write(os.path.join(self.png_dir, "samples.png"), grids["samples"])
 
 
 def sampler(model):

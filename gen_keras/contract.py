@@ -17,7 +17,9 @@ import inspect
 
 import tensorflow as tf
 
-MAX_BATCH = 1024  # rows per request; larger requests are refused with a clear message
+# Rows per request; larger requests are refused with a clear message. Declared with the
+# clients, which check it before asking, without TensorFlow.
+from gen_keras.serving import MAX_BATCH as MAX_BATCH
 
 SEED_SPEC = tf.TensorSpec([None, 2], tf.int32, name="seed")
 LABEL_SPEC = tf.TensorSpec([None], tf.int32, name="label")

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from gen_keras import summaries
+from gen_keras import png
 from gen_keras.config import UsageError, check
 
 PALETTE = np.array(  # ten distinguishable colours (the "tab10" palette), one per class
@@ -263,7 +263,7 @@ def projector(run_dir: str, z: np.ndarray, labels: np.ndarray, images: np.ndarra
     np.savetxt(os.path.join(run_dir, "latents", "z.tsv"), z, delimiter="\t", fmt="%.6g")
     with open(os.path.join(run_dir, "latents", "labels.tsv"), "w") as f:
         f.writelines(f"{int(y)}\n" for y in labels)
-    summaries.write_png(os.path.join(run_dir, "latents", "sprite.png"), sprite(images))
+    png.write(os.path.join(run_dir, "latents", "sprite.png"), sprite(images))
     config = tb_projector.ProjectorConfig()
     embedding = config.embeddings.add()
     embedding.tensor_name = "latent_z"
@@ -291,7 +291,7 @@ def write_all(
     paths = {}
     names = ("z1", "z2") if latent.dim == 2 else ("PC1", "PC2")
     paths["scatter"] = os.path.join(out_dir, "scatter.png")
-    summaries.write_png(paths["scatter"], scatter(principal_2d(z), labels, axis_names=names))
+    png.write(paths["scatter"], scatter(principal_2d(z), labels, axis_names=names))
     if latent.dim == 2:
         if latent.is_vae:
             lo, hi = prior_range()
@@ -299,14 +299,14 @@ def write_all(
             lo, hi = np.percentile(z, 1, axis=0), np.percentile(z, 99, axis=0)
         n = 20
         paths["manifold"] = os.path.join(out_dir, "manifold.png")
-        summaries.write_png(paths["manifold"], summaries.grid(manifold(latent, lo, hi, n), n))
+        png.write(paths["manifold"], png.grid(manifold(latent, lo, hi, n), n))
     rng = np.random.default_rng(seed)
     a, b = rng.choice(len(z), size=(2, min(pairs, len(z) // 2)), replace=False)
     strips = interpolations(latent, tf.constant(images[a]), tf.constant(images[b]))
     paths["interpolation"] = os.path.join(out_dir, "interpolation.png")
-    summaries.write_png(
+    png.write(
         paths["interpolation"],
-        summaries.grid(strips.reshape(-1, *strips.shape[2:]), strips.shape[1]),
+        png.grid(strips.reshape(-1, *strips.shape[2:]), strips.shape[1]),
     )
     if projector_dir:
         unit = np.asarray(latent.model.to_unit(images))

@@ -264,8 +264,45 @@ def test_cli_process_exits_2_with_one_line_within_its_timeout(hostile, tmp_path)
     assert lines[-1].startswith("error: ") and "timeout=2s" in lines[-1]
     assert [line for line in lines if line.startswith("error")] == lines[-1:]
     assert "Traceback" not in result.stderr
-    assert time.monotonic() - start < 60  # python + TF start-up included; 30 s per read before
+    assert time.monotonic() - start < 60  # python start-up included; 30 s per read before
     assert not (tmp_path / "grid.png").exists()
+
+
+_WITHOUT_TF = """
+import sys
+from gen_keras.serving import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as e:  # argparse's usage errors
+    code = e.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "tensorboard"})
+print(code, heavy)
+"""
+
+
+def test_the_cli_never_loads_tensorflow_except_for_grpc(hostile, tmp_path):
+    # A client starts in a fraction of a second: usage errors, config and sample over REST
+    # (PNGs read and written by gen_keras.png) import no TensorFlow, Keras or TensorBoard.
+    def run(*args):
+        done = subprocess.run(
+            [sys.executable, "-c", _WITHOUT_TF, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.stdout.strip().splitlines()[-1], done.stderr  # (exit code, heavy modules)
+
+    out = tmp_path / "grid.png"
+    assert run("sample", "--model=good", "--n=4", f"--out={out}", f"--rest={hostile}")[0] == "0 []"
+    grid = tf.io.decode_png(tf.io.read_file(str(out))).numpy()
+    np.testing.assert_array_equal(grid[1:6, 1:8, 0], np.full([5, 7], 200))  # the first sample
+    assert run("config", f"--export_dir={tmp_path / 'exports'}")[0] == "0 []"
+    assert (tmp_path / "exports" / "models.config").read_text() == "model_config_list {\n}\n"
+    stdout, stderr = run("sample", "--n=4")  # no --model
+    assert stdout == "2 []" and stderr.startswith("error: ") and "--model" in stderr, stderr
+    stdout, stderr = run("sample", "--model=good", "--n=0", f"--rest={hostile}")
+    assert stdout == "2 []" and "--n=0 must be in 1..1024" in stderr, stderr
 
 
 # -- gRPC ------------------------------------------------------------------------------

@@ -6,7 +6,12 @@
 - `grpc_client.GrpcClient`: PredictionService over gRPC (needs the `serving` extra,
   `tensorflow-serving-api`).
 - `cli`: `python -m gen_keras.serving.cli sample --model=vae --n=16 --out=grid.png`.
+
+Only the gRPC client loads TensorFlow (its protos need it), on first use: the REST client and
+the command line start without it. This package imports nothing heavier than numpy.
 """
+
+MAX_BATCH = 1024  # rows per request: every signature refuses more (gen_keras.contract)
 
 
 class ServingError(RuntimeError):

@@ -8,6 +8,9 @@
 `sample` asks the model server for n images (row i uses seed [--seed, i]) and writes
 them as one PNG grid; it checks the reply (exactly n PNGs of one small size) before
 decoding. Errors print one line and exit with code 2; `--timeout` bounds each request.
+
+Nothing here imports TensorFlow: a usage error, `status`, `config` and `sample` over REST
+start in a fraction of a second. Only `--grpc` loads it (TF Serving's protos need it).
 """
 
 from __future__ import annotations
@@ -15,20 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a command line: keep TF's C++ logs quiet
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # --grpc loads TF: keep its C++ logs quiet
 
 import numpy as np
-import tensorflow as tf
 
-from gen_keras import contract, export, summaries
-from gen_keras.serving import ServingError, one_line
+from gen_keras import export_root, png
+from gen_keras.serving import MAX_BATCH, ServingError, one_line
 from gen_keras.serving.grpc_client import GrpcClient
 from gen_keras.serving.rest import RestClient
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_SIDE = 4096  # a sample wider or taller than this is refused before decoding
 
 
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--export_dir", default="saved_models")
     config.add_argument(
         "--base_path",
-        default=export.DOCKER_ROOT,
+        default=export_root.DOCKER_ROOT,
         help="where the server sees the export root (absolute path)",
     )
     return parser
@@ -83,38 +83,31 @@ def _predict(args, inputs: dict) -> dict:
     )
 
 
-def png_size(png) -> tuple[int, int]:
-    """(width, height) from a PNG's header, checked before anything is decoded."""
-    if not isinstance(png, bytes) or len(png) < 24 or not png.startswith(PNG_SIGNATURE):
-        raise ServingError("the server's sample_png reply holds something that is not a PNG")
-    if png[12:16] != b"IHDR":
-        raise ServingError("the server's sample_png reply holds a PNG without a header")
-    width, height = struct.unpack(">II", png[16:24])
-    if not (1 <= width <= MAX_PNG_SIDE and 1 <= height <= MAX_PNG_SIDE):
-        raise ServingError(
-            f"the server sent a {width}x{height} PNG (at most {MAX_PNG_SIDE} a side accepted)"
-        )
-    return width, height
+def decode_samples(blobs, n: int) -> np.ndarray:
+    """uint8 [n, H, W, C] from n PNG strings of one size; ServingError for anything else.
 
-
-def decode_samples(pngs, n: int) -> np.ndarray:
-    """uint8 [n, H, W, C] from n PNG strings of one size; ServingError for anything else."""
-    pngs = list(np.asarray(pngs, dtype=object).ravel())
-    if len(pngs) != n:
-        raise ServingError(f"asked for {n} samples, the server returned {len(pngs)}")
-    sizes = {png_size(png) for png in pngs}
-    if len(sizes) != 1:
-        raise ServingError(f"the server's samples differ in size: {sorted(sizes)}")
+    Every header is read (and its size checked) before any image is inflated.
+    """
+    blobs = list(np.asarray(blobs, dtype=object).ravel())
+    if len(blobs) != n:
+        raise ServingError(f"asked for {n} samples, the server returned {len(blobs)}")
     try:
-        images = np.stack([tf.io.decode_png(png).numpy() for png in pngs])
-    except (tf.errors.OpError, ValueError) as e:
+        shapes = {png.header(blob, MAX_PNG_SIDE) for blob in blobs}
+    except ValueError as e:
+        raise ServingError(f"the server's sample_png reply holds {e}") from None
+    if len(shapes) != 1:
+        raise ServingError(
+            f"the server's samples differ in size: {sorted(shapes)} (height, width, channels)"
+        )
+    try:
+        return np.stack([png.decode(blob, MAX_PNG_SIDE) for blob in blobs])
+    except ValueError as e:
         raise ServingError(f"a sample is not a valid PNG ({one_line(str(e), 120)})") from None
-    return images
 
 
 def sample(args) -> str:
-    if not 1 <= args.n <= contract.MAX_BATCH:
-        raise ServingError(f"--n={args.n} must be in 1..{contract.MAX_BATCH}")
+    if not 1 <= args.n <= MAX_BATCH:
+        raise ServingError(f"--n={args.n} must be in 1..{MAX_BATCH}")
     inputs = {"seed": np.stack([np.full(args.n, args.seed), np.arange(args.n)], 1).astype(np.int32)}
     if args.label is not None:
         inputs["label"] = np.full(args.n, args.label, np.int32)
@@ -126,8 +119,8 @@ def sample(args) -> str:
         )
     images = decode_samples(outputs["png_bytes"], args.n)
     try:
-        summaries.write_png(args.out, summaries.grid(images / 255.0))
-    except (OSError, tf.errors.OpError) as e:
+        png.write(args.out, png.grid(images / 255.0))
+    except OSError as e:
         raise ServingError(f"cannot write --out={args.out}: {one_line(str(e), 160)}") from None
     return f"wrote {len(images)} samples of {args.model} to {args.out}"
 
@@ -141,8 +134,8 @@ def main(argv=None) -> int:
             client = RestClient(args.rest, timeout=args.timeout)
             print(json.dumps(client.status(args.model), indent=2))
         else:
-            path = export.write_models_config(args.export_dir, args.base_path)
-            print(f"wrote {path} ({', '.join(export.exported_models(args.export_dir))})")
+            path = export_root.write_models_config(args.export_dir, args.base_path)
+            print(f"wrote {path} ({', '.join(export_root.exported_models(args.export_dir))})")
     except (ServingError, OSError) as e:
         sys.stderr.write(f"error: {one_line(str(e), 500)}\n")
         return 2

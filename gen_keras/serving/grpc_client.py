@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
 
 from gen_keras.serving import ServingError, one_line
 
@@ -21,14 +20,17 @@ MAX_RESPONSE_BYTES = 32 * 2**20  # a reply larger than this is refused (max_resp
 
 
 def _apis():
+    """The optional gRPC modules, loaded on first use: TF Serving's protos import TensorFlow,
+    which the REST client and the command line otherwise never load."""
     try:
         import grpc
+        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     except ImportError:
         raise ServingError(
             "the gRPC client needs tensorflow-serving-api: pip install 'gen-keras[serving]'"
         ) from None
-    return grpc, predict_pb2, prediction_service_pb2_grpc
+    return grpc, tf, predict_pb2, prediction_service_pb2_grpc
 
 
 class GrpcClient:
@@ -40,7 +42,7 @@ class GrpcClient:
         timeout: float = 60.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
-        grpc, self._predict_pb2, service = _apis()
+        grpc, self._tf, self._predict_pb2, service = _apis()
         self._grpc = grpc
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_receive_message_length", max_response_bytes)]
@@ -63,7 +65,7 @@ class GrpcClient:
         if version is not None:
             request.model_spec.version.value = version
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            request.inputs[name].CopyFrom(self._tf.make_tensor_proto(np.asarray(value)))
         try:
             response = self.stub.Predict(request, timeout=self.timeout)
         except self._grpc.RpcError as e:
@@ -71,7 +73,9 @@ class GrpcClient:
                 f"{model}/{signature}: {e.code().name}: {one_line(e.details() or '')}"
             ) from None
         return {
-            name: _ndarray(f"{model}/{signature}: output {name!r}", proto, self.max_response_bytes)
+            name: _ndarray(
+                self._tf, f"{model}/{signature}: output {name!r}", proto, self.max_response_bytes
+            )
             for name, proto in response.outputs.items()
         }
 
@@ -79,7 +83,7 @@ class GrpcClient:
         self.channel.close()
 
 
-def _ndarray(what: str, proto, max_bytes: int) -> np.ndarray:
+def _ndarray(tf, what: str, proto, max_bytes: int) -> np.ndarray:
     """tf.make_ndarray(proto) after checking its declared shape against its values and the
     size cap (ServingError otherwise)."""
     try:
