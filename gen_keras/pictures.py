@@ -78,7 +78,7 @@ class Latent:
         )
         self.model = model
         self.is_vae = model.family == "vae"
-        self.dim = model.config.latent_dim
+        self.dim = model.latent_size if self.is_vae else model.config.latent_dim
 
     def encode(self, x):
         """Model-space images [B, H, W, C] -> codes float32 [B, latent] (VAE: E_q[z|x])."""

@@ -9,10 +9,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gen_keras import data as data_lib
-from gen_keras import evaluation, rng
+from gen_keras import evaluation, export, rng
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
 from gen_keras.models import vae
+from tests.serving_standin import Served
 
 SPEC = DataSpec((8, 12, 1), "binary_static", 10)  # distinct sizes: a swapped axis fails
 
@@ -72,6 +73,68 @@ def test_likelihood_and_data_mode_must_fit():
         vae.build(vae.small(), DataSpec((5, 7, 1), "binary_static", 10), 1e-3)
     with pytest.raises(UsageError, match="kl='exact'"):
         vae.Config(kl="exact")
+
+
+def _resnet(**fields) -> vae.Config:
+    small = dict(latent_dim=2, hidden=4, stages=2, residual_blocks=1, residual_hidden=3)
+    return vae.Config(arch="resnet", eval_k=8, export_k=4, chunk=4, **{**small, **fields})
+
+
+def test_resnet_preset_is_pytorch_generatives_vae():
+    # pytorch-generative's VAE(in_channels=1, out_channels=1, latent_channels=16,
+    # strides=[2, 2, 2, 2], hidden_channels=64, residual_channels=32), as its reproduce()
+    # builds it: sum(p.numel() for p in model.parameters()) = 974,241 (torch, from a checkout).
+    model = _model(vae.reproduce("resnet"), DataSpec((28, 28, 1), "binary_static", 10))
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 974_241
+    assert model.pad == [[0, 0], [2, 2], [2, 2], [0, 0]]  # its F.pad(x, (2, 2, 2, 2)) to 32x32
+    assert model.posterior(tf.zeros([3, 28, 28, 1])).event_shape == (64,)  # 16 on a 2x2 grid
+    assert vae.reproduce().arch == "mlp"  # the default reproduce is still Burda et al.'s
+
+
+def test_resnet_pads_to_its_grid_and_crops_back():
+    model = _model(_resnet(), DataSpec((5, 7, 1), "binary_static", 10))  # padded to 8x8
+    x = _batch(DataSpec((5, 7, 1), "binary_static", 10))["image"]
+    q = model.posterior(x)
+    assert q.batch_shape == (3,) and q.event_shape == (2 * 2 * 2,)  # a 2x2 grid of 2
+    assert model.prior().event_shape == (8,)
+    assert model.pad == [[0, 0], [1, 2], [0, 1], [0, 0]]
+    params = model.decode_params(q.mean())
+    full = model.decoder(tf.reshape(q.mean(), [3, 2, 2, 2]))
+    assert full.shape == (3, 8, 8, 1) and params.shape == (3, 5, 7, 1)
+    np.testing.assert_array_equal(params, full[:, 1:6, 0:7])  # where the image was padded in
+    # every weight of encoder, posterior split and decoder takes part in the ELBO
+    with tf.GradientTape() as tape:
+        distortion, rate = model.elbo_terms(x, None, tf.constant([1, 2]))
+        loss = tf.reduce_mean(distortion + rate)
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_resnet_iwae_bound_and_export_through_the_loader(tmp_path):
+    spec = DataSpec((5, 7, 1), "binary_static", 10)
+    model = _model(_resnet(), spec)
+    x = _batch(spec, n=16)["image"]
+    seed = tf.constant([5, 5])
+    elbo = float(tf.reduce_mean(-tf.add_n(model.elbo_terms(x, None, seed))))
+    iwae = float(tf.reduce_mean(model.iwae(x, None, 32, model._batch_noise(x, seed))))
+    assert elbo < iwae < 0
+    served = Served(export.export(model, str(tmp_path)))
+    try:
+        seeds = np.array([[1, 2], [3, 4], [5, 6]], np.int32)
+        assert served("sample", seed=seeds)["images"].shape == (3, 5, 7, 1)
+        z = served("encode", images=np.zeros([3, 5, 7, 1], np.uint8))["z_mean"]
+        assert z.shape == (3, 8)
+        assert served("decode", z=z)["images"].shape == (3, 5, 7, 1)
+        scores = served("log_prob", images=np.ones([3, 5, 7, 1], np.uint8), seed=seeds)
+        assert scores["iwae"].shape == scores["elbo"].shape == (3,)
+        assert np.all(np.isfinite(scores["iwae"])) and np.all(np.isfinite(scores["elbo"]))
+    finally:
+        served.close()
+
+
+def test_resnet_refuses_a_label():
+    with pytest.raises(UsageError, match="arch='resnet' is unconditional"):
+        _resnet(conditional=True)
 
 
 def test_analytic_kl_equals_the_monte_carlo_average():

@@ -11,7 +11,9 @@ from trainers import common
 
 common.define_flags("vae")
 common.define_model_flags(
-    vae, "Preset: default (conv), small (tests), reproduce (Burda et al. MLP)."
+    vae,
+    "Preset: default (conv), small (tests), reproduce (Burda et al. MLP; with --arch=resnet, "
+    "pytorch-generative's VAE).",
 )
 FLAGS = flags.FLAGS
 

@@ -1,9 +1,12 @@
-"""Convolutional networks shared by families: the encoder trunk, the classifier trunk and the
-transposed-conv decoder (one definition each, so weights transfer between families)."""
+"""Convolutional networks shared by families: the encoder trunk, the classifier trunk, the
+transposed-conv decoder (one definition each, so weights transfer between families) and the
+residual encoder/decoder of pytorch-generative's VAE."""
 
 from __future__ import annotations
 
 import keras
+
+from gen_keras.layers.masked import unfused_relu
 
 
 def encoder_trunk(filters: int, latent_dim: int, name: str = "trunk") -> keras.Sequential:
@@ -52,3 +55,65 @@ def conv_decoder(shape, filters: int, channels_out: int, name: str = "decoder"):
         ],
         name=name,
     )
+
+
+class ResidualBlock(keras.layers.Layer):
+    """x + 1x1(ReLU(3x3(ReLU(x)))): [B, H, W, channels] -> the same shape, `hidden` channels
+    inside (pytorch-generative's `vaes.ResidualBlock`)."""
+
+    def __init__(self, channels: int, hidden: int, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(hidden, 3, padding="same", name="conv")
+        self.project = keras.layers.Conv2D(channels, 1, name="project")
+
+    def call(self, x):
+        # unfused_relu: grappler's remapper would otherwise fuse the previous block's conv,
+        # bias, add and this ReLU and drop the add the residual still reads (MaskedConv2D's
+        # ResidualBlock has the same guard).
+        return x + self.project(keras.activations.relu(self.conv(unfused_relu(x))))
+
+
+def _residual_stack(channels: int, hidden: int, blocks: int, name: str) -> list:
+    return [ResidualBlock(channels, hidden, name=f"{name}_res_{i + 1}") for i in range(blocks)] + [
+        keras.layers.ReLU(name=f"{name}_relu")
+    ]
+
+
+def residual_encoder(
+    stages: int, channels: int, hidden: int, blocks: int, out_channels: int, name="encoder"
+) -> keras.Sequential:
+    """[B, H, W, C] -> [B, H / 2^stages, W / 2^stages, out_channels] (H, W multiples of
+    2^stages). Per stage: a 4x4 stride-2 conv to `channels`, ReLU, `blocks` residual blocks
+    and a ReLU, a 3x3 conv (to `out_channels` in the last stage): pytorch-generative's
+    `vaes.Encoder` stacked once per stride-2 stage, as its VAE's reproduce() builds it."""
+    layers = []
+    for i in range(stages):
+        layers += [
+            keras.layers.Conv2D(channels, 4, 2, "same", activation="relu", name=f"down_{i + 1}"),
+            *_residual_stack(channels, hidden, blocks, f"stage_{i + 1}"),
+            keras.layers.Conv2D(
+                out_channels if i == stages - 1 else channels,
+                3,
+                padding="same",
+                name=f"out_{i + 1}",
+            ),
+        ]
+    return keras.Sequential(layers, name=name)
+
+
+def residual_decoder(
+    stages: int, channels: int, hidden: int, blocks: int, out_channels: int, name="decoder"
+) -> keras.Sequential:
+    """[B, h, w, latent channels] -> [B, h * 2^stages, w * 2^stages, out_channels]. Per stage:
+    a 3x3 conv to `channels`, `blocks` residual blocks and a ReLU, a 4x4 stride-2 transposed
+    conv (to `out_channels` in the last stage): pytorch-generative's `vaes.Decoder`."""
+    layers = []
+    for i in range(stages):
+        layers += [
+            keras.layers.Conv2D(channels, 3, padding="same", name=f"in_{i + 1}"),
+            *_residual_stack(channels, hidden, blocks, f"stage_{i + 1}"),
+            keras.layers.Conv2DTranspose(
+                out_channels if i == stages - 1 else channels, 4, 2, "same", name=f"up_{i + 1}"
+            ),
+        ]
+    return keras.Sequential(layers, name=name)

@@ -25,7 +25,7 @@ from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import bits_per_dim, make_head, resolve_likelihood
 from gen_keras.models.base import GenerativeModel, replica_mean
-from gen_keras.models.networks import conv_decoder
+from gen_keras.models.networks import conv_decoder, residual_decoder, residual_encoder
 
 tfd = tfp.distributions
 
@@ -35,10 +35,26 @@ class Config:
     """VAE architecture and objective."""
 
     arch: str = hparam(
-        "conv", "conv: 2 strided (transposed) convs each way; mlp: 2 tanh layers.", ("conv", "mlp")
+        "conv",
+        "conv: 2 strided (transposed) convs each way; mlp: 2 tanh layers; resnet: "
+        "pytorch-generative's VAE (stride-2 stages with residual blocks, a latent grid).",
+        ("conv", "mlp", "resnet"),
     )
-    latent_dim: int = hparam(32, "Latent dimensions.")
-    hidden: int = hparam(32, "conv: filters of the first conv (the second has 2x); mlp: units.")
+    latent_dim: int = hparam(
+        32, "Latent dimensions (resnet: channels per position of the latent grid)."
+    )
+    hidden: int = hparam(
+        32,
+        "conv: filters of the first conv (the second has 2x); mlp: units; resnet: channels "
+        "of each stage.",
+    )
+    stages: int = hparam(
+        4,
+        "resnet: stride-2 stages each way; the latent grid is H/2^stages x W/2^stages, the "
+        "image zero-padded up to multiples of 2^stages (MNIST: 32x32, a 2x2 grid).",
+    )
+    residual_blocks: int = hparam(2, "resnet: residual blocks per stage.")
+    residual_hidden: int = hparam(32, "resnet: channels inside each residual block.")
     likelihood: str = hparam(
         "auto",
         "Pixel likelihood (auto: bernoulli for binary data, categorical for uint8).",
@@ -63,6 +79,9 @@ class Config:
         for name in (
             "latent_dim",
             "hidden",
+            "stages",
+            "residual_blocks",
+            "residual_hidden",
             "num_mixtures",
             "train_k",
             "eval_k",
@@ -70,6 +89,11 @@ class Config:
             "chunk",
         ):
             check_positive(name, getattr(self, name))
+        check(
+            not (self.arch == "resnet" and self.conditional),
+            "arch='resnet' is unconditional (pytorch-generative's VAE); use arch='conv' or "
+            "'mlp' for a conditional VAE",
+        )
 
 
 def small() -> Config:
@@ -77,8 +101,22 @@ def small() -> Config:
     return Config(latent_dim=4, hidden=8, eval_k=8, export_k=8, chunk=4)
 
 
-def reproduce() -> Config:
-    """Burda et al. (2015) one-stochastic-layer architecture: 784-200-200-50, tanh."""
+def reproduce(arch: str = "mlp") -> Config:
+    """Published configurations. mlp (and any arch but resnet): Burda et al.'s (2015)
+    one-stochastic-layer architecture, 784-200-200-50, tanh. resnet: pytorch-generative's
+    VAE as its reproduce() builds it on MNIST padded to 32x32: 4 stride-2 stages of 64
+    channels with 2 residual blocks of 32 each way, 16 latent channels on a 2x2 grid (a
+    64-d z); 974,241 weights with its Bernoulli head, as the peer counts them."""
+    if arch == "resnet":
+        return Config(
+            arch="resnet",
+            latent_dim=16,
+            hidden=64,
+            stages=4,
+            residual_blocks=2,
+            residual_hidden=32,
+            eval_k=5000,
+        )
     return Config(arch="mlp", latent_dim=50, hidden=200, eval_k=5000, chunk=100)
 
 
@@ -98,7 +136,20 @@ class VAE(GenerativeModel):
         params = self.head.num_params(c)
         hid = config.hidden
         layers = keras.layers
-        if config.arch == "conv":
+        self.latent_size = config.latent_dim  # dimensions of z (resnet: the flattened grid)
+        self.crop = None
+        if config.arch == "resnet":
+            size = 2**config.stages
+            grid = (-(-h // size), -(-w // size))
+            self.latent_size = grid[0] * grid[1] * config.latent_dim
+            ph, pw = grid[0] * size - h, grid[1] * size - w
+            self.pad = [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]]
+            self.crop = (ph // 2, pw // 2)
+            self.grid = (*grid, config.latent_dim)
+            arch = (config.stages, hid, config.residual_hidden, config.residual_blocks)
+            self.encoder = residual_encoder(*arch, 2 * config.latent_dim)
+            self.decoder = residual_decoder(*arch, params)
+        elif config.arch == "conv":
             check(
                 h % 4 == 0 and w % 4 == 0,
                 f"arch='conv' needs height and width divisible by 4, got {spec.shape}",
@@ -130,7 +181,12 @@ class VAE(GenerativeModel):
                 ],
                 name="decoder",
             )
-        self.posterior_params = layers.Dense(2 * config.latent_dim, name="posterior")
+        # resnet: the encoder's last conv gives the posterior's 2 x latent_dim channels
+        self.posterior_params = (
+            layers.Identity(name="posterior")
+            if config.arch == "resnet"
+            else layers.Dense(2 * config.latent_dim, name="posterior")
+        )
         self.trackers = {
             name: keras.metrics.Mean(name)
             for name in ("loss", "elbo", "distortion", "rate", "bits_per_dim")
@@ -139,8 +195,9 @@ class VAE(GenerativeModel):
     # -- the probabilistic model ---------------------------------------------------------
 
     def _scaled(self, x):
-        """Model-space images -> network input of order 1."""
-        return x / 255.0 if self.spec.mode == "uint8" else x
+        """Model-space images -> network input of order 1 (resnet: zero-padded to its grid)."""
+        x = x / 255.0 if self.spec.mode == "uint8" else x
+        return x if self.crop is None else tf.pad(x, self.pad)
 
     def _with_label(self, features, label):
         if not self.config.conditional:
@@ -148,18 +205,23 @@ class VAE(GenerativeModel):
         return tf.concat([features, tf.one_hot(label, self.spec.num_classes)], axis=-1)
 
     def prior(self) -> tfd.Distribution:
-        d = self.config.latent_dim
+        d = self.latent_size
         return tfd.MultivariateNormalDiag(loc=tf.zeros([d]), scale_diag=tf.ones([d]))
 
     def posterior(self, x, label=None) -> tfd.Distribution:
         """q(z|x): x float32 [B, H, W, C] model space -> MVNDiag, batch [B], event [latent]."""
         raw = self.posterior_params(self._with_label(self.encoder(self._scaled(x)), label))
-        loc, scale = tf.split(raw, 2, axis=-1)
+        # channels last: [B, 2d], or resnet's [B, h, w, 2 x latent_dim] split per position
+        loc, scale = (tf.reshape(t, [-1, self.latent_size]) for t in tf.split(raw, 2, axis=-1))
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(scale) + 1e-4)
 
     def decode_params(self, z, label=None):
         """z float32 [B, latent] -> head parameters [B, H, W, head.num_params(C)]."""
-        return self.decoder(self._with_label(z, label))
+        if self.crop is None:
+            return self.decoder(self._with_label(z, label))
+        out = self.decoder(tf.reshape(z, [-1, *self.grid]))
+        (top, left), (h, w) = self.crop, self.spec.shape[:2]
+        return out[:, top : top + h, left : left + w]
 
     def call(self, x, label=None):
         """Reconstruction means (model space) of x via the posterior mean."""
@@ -182,7 +244,7 @@ class VAE(GenerativeModel):
         """log p(x, z) - log q(z|x) for z = mu + sigma * eps, eps [k, B, latent] -> [k, B]."""
         z = q.mean() + q.stddev() * eps
         k, b = tf.shape(eps)[0], tf.shape(eps)[1]
-        flat_z = tf.reshape(z, [-1, self.config.latent_dim])
+        flat_z = tf.reshape(z, [-1, self.latent_size])
         flat_label = None if label is None else tf.tile(label, [k])
         params = self.decode_params(flat_z, flat_label)
         log_px = self.head.log_prob(params, tf.tile(x, [k, 1, 1, 1]))
@@ -210,11 +272,11 @@ class VAE(GenerativeModel):
         return acc - math.log(k)
 
     def _batch_noise(self, x, seed):
-        d = self.config.latent_dim
+        d = self.latent_size
         return lambda i, n: tf.random.stateless_normal([n, tf.shape(x)[0], d], rng.fold_in(seed, i))
 
     def _row_noise(self, seeds):
-        d = self.config.latent_dim
+        d = self.latent_size
         return lambda i, n: tf.transpose(
             rng.row_normal(tf.map_fn(lambda s: rng.fold_in(s, i), seeds), [n, d]), [1, 0, 2]
         )
@@ -267,10 +329,15 @@ class VAE(GenerativeModel):
 
     def eval_bytes_per_example(self) -> int:
         """A chunk of importance samples decodes chunk x H x W x P floats per example; the
-        head's log-softmax and gradients-free temporaries take about 4 such tensors."""
+        head's log-softmax and gradients-free temporaries take about 4 such tensors. (resnet:
+        P is at least the stages' channels, over the padded image: an upper bound.)"""
         h, w, c = self.spec.shape
+        width = self.head.num_params(c)
+        if self.crop is not None:
+            h, w = (g * 2**self.config.stages for g in self.grid[:2])
+            width = max(width, self.config.hidden)
         chunk = min(self.config.chunk, self.config.eval_k)
-        return 4 * 4 * chunk * h * w * self.head.num_params(c)
+        return 4 * 4 * chunk * h * w * width
 
     def score_batch(self, data, seed) -> dict:
         """Test ELBO and IWAE_{eval_k} per image [B] (nats); nll_nats = -IWAE, the tighter."""
@@ -297,7 +364,7 @@ class VAE(GenerativeModel):
         return self._sample(seeds, label)["sample"]
 
     def _sample(self, seeds, label):
-        z = rng.row_normal(seeds, [self.config.latent_dim])
+        z = rng.row_normal(seeds, [self.latent_size])
         params = self.decode_params(z, label)
         noise_shape = [*self.spec.shape[:2], self.head.noise_channels(self.spec.shape[2])]
         noise = rng.row_uniform(tf.map_fn(lambda s: rng.fold_in(s, 1), seeds), noise_shape)
@@ -308,7 +375,7 @@ class VAE(GenerativeModel):
 
     def serving_functions(self) -> dict:
         spec, cond = self.spec, self.config.conditional
-        d = self.config.latent_dim
+        d = self.latent_size
 
         def label_for(label, n):
             return contract.check_label(label, spec.num_classes, n) if cond else None
