@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_SIDE = 4096  # pixels a side that decode accepts by default
+MAX_SIDE = 4096  # pixels a side read by default (the serving CLI refuses larger samples)
 _COLOUR_TYPES = {0: 1, 4: 2, 2: 3, 6: 4}  # PNG colour type -> channels (8-bit samples)
 
 

@@ -137,14 +137,13 @@ class VAE(GenerativeModel):
         hid = config.hidden
         layers = keras.layers
         self.latent_size = config.latent_dim  # dimensions of z (resnet: the flattened grid)
-        self.crop = None
+        self.pad = None  # resnet: tf.pad paddings up to its grid (the decoder crops them off)
         if config.arch == "resnet":
             size = 2**config.stages
             grid = (-(-h // size), -(-w // size))
             self.latent_size = grid[0] * grid[1] * config.latent_dim
             ph, pw = grid[0] * size - h, grid[1] * size - w
             self.pad = [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]]
-            self.crop = (ph // 2, pw // 2)
             self.grid = (*grid, config.latent_dim)
             arch = (config.stages, hid, config.residual_hidden, config.residual_blocks)
             self.encoder = residual_encoder(*arch, 2 * config.latent_dim)
@@ -197,7 +196,7 @@ class VAE(GenerativeModel):
     def _scaled(self, x):
         """Model-space images -> network input of order 1 (resnet: zero-padded to its grid)."""
         x = x / 255.0 if self.spec.mode == "uint8" else x
-        return x if self.crop is None else tf.pad(x, self.pad)
+        return x if self.pad is None else tf.pad(x, self.pad)
 
     def _with_label(self, features, label):
         if not self.config.conditional:
@@ -217,10 +216,10 @@ class VAE(GenerativeModel):
 
     def decode_params(self, z, label=None):
         """z float32 [B, latent] -> head parameters [B, H, W, head.num_params(C)]."""
-        if self.crop is None:
+        if self.pad is None:
             return self.decoder(self._with_label(z, label))
         out = self.decoder(tf.reshape(z, [-1, *self.grid]))
-        (top, left), (h, w) = self.crop, self.spec.shape[:2]
+        (top, left), (h, w) = (self.pad[1][0], self.pad[2][0]), self.spec.shape[:2]
         return out[:, top : top + h, left : left + w]
 
     def call(self, x, label=None):
@@ -333,7 +332,7 @@ class VAE(GenerativeModel):
         P is at least the stages' channels, over the padded image: an upper bound.)"""
         h, w, c = self.spec.shape
         width = self.head.num_params(c)
-        if self.crop is not None:
+        if self.pad is not None:
             h, w = (g * 2**self.config.stages for g in self.grid[:2])
             width = max(width, self.config.hidden)
         chunk = min(self.config.chunk, self.config.eval_k)

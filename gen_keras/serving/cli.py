@@ -29,8 +29,6 @@ from gen_keras.serving import MAX_BATCH, ServingError, one_line
 from gen_keras.serving.grpc_client import GrpcClient
 from gen_keras.serving.rest import RestClient
 
-MAX_PNG_SIDE = 4096  # a sample wider or taller than this is refused before decoding
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -86,13 +84,14 @@ def _predict(args, inputs: dict) -> dict:
 def decode_samples(blobs, n: int) -> np.ndarray:
     """uint8 [n, H, W, C] from n PNG strings of one size; ServingError for anything else.
 
-    Every header is read (and its size checked) before any image is inflated.
+    Every header is read (and its size checked: at most png.MAX_SIDE a side) before any
+    image is inflated.
     """
     blobs = list(np.asarray(blobs, dtype=object).ravel())
     if len(blobs) != n:
         raise ServingError(f"asked for {n} samples, the server returned {len(blobs)}")
     try:
-        shapes = {png.header(blob, MAX_PNG_SIDE) for blob in blobs}
+        shapes = {png.header(blob) for blob in blobs}
     except ValueError as e:
         raise ServingError(f"the server's sample_png reply holds {e}") from None
     if len(shapes) != 1:
@@ -100,7 +99,7 @@ def decode_samples(blobs, n: int) -> np.ndarray:
             f"the server's samples differ in size: {sorted(shapes)} (height, width, channels)"
         )
     try:
-        return np.stack([png.decode(blob, MAX_PNG_SIDE) for blob in blobs])
+        return np.stack([png.decode(blob) for blob in blobs])
     except ValueError as e:
         raise ServingError(f"a sample is not a valid PNG ({one_line(str(e), 120)})") from None
 
