@@ -41,7 +41,7 @@ from absl import flags
 from gen_keras import sampling, train
 from gen_keras.config import PRECISIONS, DataConfig, TrainConfig, check
 from gen_keras.data import DataSpec
-from gen_keras.layers.masked import MaskedConv2D, in_precision
+from gen_keras.layers import MaskedConv2D, in_precision
 from gen_keras.models import pixelcnn
 from trainers import common
 

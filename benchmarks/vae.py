@@ -8,6 +8,9 @@
     python -m benchmarks.vae speed
     # pytorch-generative's VAE (its reproduce(): 974,241 weights, MNIST padded to 32x32)
     python -m benchmarks.vae speed --presets=resnet --xla=false --steps=30
+    # the same in bf16 and float32, in chunks of 64 with one thread per op, 3 rounds
+    python -m benchmarks.vae speed --presets=resnet --xla=false --precision=bfloat16,float32 \
+        --micro_batch=64 --intra_op_threads=1 --rounds=3 --steps=30
 
 Each command prints a JSON record and appends it to benchmarks/runs/vae.jsonl.
 """
@@ -19,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,8 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from gen_keras import train  # noqa: E402
-from gen_keras.config import DataConfig, TrainConfig  # noqa: E402
+from gen_keras.config import PRECISIONS, DataConfig, TrainConfig  # noqa: E402
 from gen_keras.data import ImageData  # noqa: E402
+from gen_keras.layers import in_precision  # noqa: E402
 from gen_keras.models import vae  # noqa: E402
 
 PRESETS = {
@@ -55,6 +60,9 @@ def quality(args) -> dict:
         batch_size=args.batch_size,
         epochs=args.max_epochs,
         learning_rate=args.learning_rate,
+        precision=args.precision,
+        micro_batch=args.micro_batch,
+        intra_op_threads=args.intra_op_threads,
         seed=args.seed,
         model_dir=args.out,
         export=False,
@@ -80,36 +88,47 @@ def quality(args) -> dict:
 
 
 def speed(args) -> dict:
+    """Every preset x XLA x precision variant built and warmed up first, then timed in
+    interleaved rounds (one process: the rounds see the same machine)."""
+    train.set_intra_op_threads(args.intra_op_threads)  # before the first op
     data = ImageData(DataConfig(), "train", training=True)
     batch = next(iter(data.dataset(args.batch_size)))
-    rows = []
     xla = {"both": (False, True), "false": (False,), "true": (True,)}[args.xla]
+    variants = []
     for name in args.presets.split(","):
         for jit in xla:
-            model = vae.build(PRESETS[name](), data.spec, 1e-3)
-            model.build_for_training(batch)
-            step = tf.function(model.train_step, jit_compile=jit)
-            for i in range(5):  # trace, compile, warm up
-                step(dict(batch, seed=tf.constant([0, i])))
+            for precision in args.precision.split(","):
+                model = vae.build(PRESETS[name](), data.spec, 1e-3)
+                model.build_for_training(batch)
+                model.micro_batch = args.micro_batch
+                step = tf.function(in_precision(model.train_step, precision), jit_compile=jit)
+                for i in range(5):  # trace, compile, warm up
+                    step(dict(batch, seed=tf.constant([0, i])))
+                row = {
+                    "config": name,
+                    "xla": jit,
+                    "precision": precision,
+                    "weights": sum(int(tf.size(v)) for v in model.trainable_variables),
+                    "rounds": [],
+                }
+                variants.append((row, step))
+    for _ in range(args.rounds):
+        for row, step in variants:
             start = time.perf_counter()
             for i in range(args.steps):
                 logs = step(dict(batch, seed=tf.constant([1, i])))
             float(logs["loss"])
             rate = args.steps * args.batch_size / (time.perf_counter() - start)
-            weights = sum(int(tf.size(v)) for v in model.trainable_variables)
-            rows.append(
-                {
-                    "config": name,
-                    "xla": jit,
-                    "weights": weights,
-                    "train_images_per_sec": round(rate, 1),
-                }
-            )
+            row["rounds"].append(round(rate, 1))
+    for row, _ in variants:
+        row["train_images_per_sec"] = statistics.median(row["rounds"])
     return {
         "benchmark": "vae.speed",
         "batch_size": args.batch_size,
         "steps": args.steps,
-        "rows": rows,
+        "micro_batch": args.micro_batch,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "rows": [row for row, _ in variants],
         "machine": machine(),
         "command": args.command_line,
     }
@@ -131,6 +150,9 @@ def main():
     q.add_argument("--binarization", default="binary_static")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
+    q.add_argument("--precision", choices=PRECISIONS, default="float32")
+    q.add_argument("--micro_batch", type=int, default=0, help="TrainConfig.micro_batch")
+    q.add_argument("--intra_op_threads", type=int, default=0, help="TrainConfig's; 0: default")
     s = sub.add_parser("speed")
     s.add_argument("--batch_size", type=int, default=128)
     s.add_argument("--steps", type=int, default=50)
@@ -138,10 +160,16 @@ def main():
         "--presets", default="default,reproduce", help="comma-separated, of: " + ", ".join(PRESETS)
     )
     s.add_argument("--xla", choices=("both", "false", "true"), default="both")
+    s.add_argument("--precision", default="float32", help="comma-separated, of: float32, bfloat16")
+    s.add_argument("--micro_batch", type=int, default=0, help="TrainConfig.micro_batch")
+    s.add_argument("--intra_op_threads", type=int, default=0, help="TrainConfig's; 0: default")
+    s.add_argument("--rounds", type=int, default=1, help="timed rounds, variants interleaved")
     args = parser.parse_args()
     args.command_line = "python -m benchmarks.vae " + " ".join(os.sys.argv[1:])
     if args.what == "speed" and not set(args.presets.split(",")) <= set(PRESETS):
         parser.error(f"--presets={args.presets}: each must be one of {', '.join(PRESETS)}")
+    if args.what == "speed" and not set(args.precision.split(",")) <= set(PRECISIONS):
+        parser.error(f"--precision={args.precision}: each must be one of {', '.join(PRECISIONS)}")
     record = quality(args) if args.what == "quality" else speed(args)
     print(json.dumps(record, indent=2))
     os.makedirs(os.path.dirname(LOG), exist_ok=True)

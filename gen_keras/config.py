@@ -149,17 +149,19 @@ class TrainConfig:
     strategy: str = hparam("default", "tf.distribute strategy.", STRATEGIES)
     precision: str = hparam(
         "float32",
-        "Training steps' masked convolutions (pixelcnn, pixelrnn): bfloat16 casts their inputs "
-        "and kernels to bf16 for the convolution, all else float32; faster on CPUs with "
-        "BF16 instructions (AVX512-BF16), several times slower without. Evaluation, sampling "
+        "Training steps' convolutions: bfloat16 casts the masked ones (pixelcnn, pixelrnn) to "
+        "bf16 for the convolution, all else float32, and runs vae arch='resnet''s encoder and "
+        "decoder in bf16 (float32 weights, loss and updates); faster on CPUs with BF16 "
+        "instructions (AVX512-BF16), several times slower without. Evaluation, sampling "
         "and exports stay float32.",
         PRECISIONS,
     )
     micro_batch: int = hparam(
         0,
-        "Exact-likelihood families (pixelcnn, pixelrnn): the training step takes each "
+        "pixelcnn, pixelrnn and vae: the training step takes each "
         "replica's batch in chunks of this many images and sums their gradients, the same "
-        "update with smaller tensors (pytorch-generative's PixelCNN at batch 256 in chunks of "
+        "update with smaller tensors (the vae splits the step's noise with the images; "
+        "pytorch-generative's PixelCNN at batch 256 in chunks of "
         "64: 1.17x the images/s on a 2-core CPU). Must divide each replica's batch. 0: whole.",
     )
     intra_op_threads: int = hparam(

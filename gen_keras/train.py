@@ -65,7 +65,7 @@ from gen_keras.checkpoints import (
 )
 from gen_keras.config import LEARNING_FIELDS, DataConfig, TrainConfig, UsageError, check
 from gen_keras.data import DataSpec, ImageData
-from gen_keras.layers.masked import MaskedConv2D, in_precision
+from gen_keras.layers import Conv2D, Conv2DTranspose, MaskedConv2D, in_precision
 from gen_keras.models.base import dummy_batch
 from gen_keras.runs import RUN_RECORD, TRAIN_CLOCK, read_clock
 
@@ -377,14 +377,14 @@ class _Run:
             self.model.build_for_training(dummy_batch(self.spec))
             check(
                 train_config.precision == "float32"
-                or any(isinstance(x, MaskedConv2D) for x in self.model._flatten_layers()),
-                f"precision={train_config.precision!r} casts masked convolutions (pixelcnn, "
-                f"pixelrnn); {family} has none",
+                or any(isinstance(x, PRECISION_LAYERS) for x in self.model._flatten_layers()),
+                f"precision={train_config.precision!r} casts the convolutions of pixelcnn, "
+                f"pixelrnn and vae arch='resnet'; this {family} has none",
             )
             check(
                 not chunk or hasattr(self.model, "micro_batch"),
-                f"micro_batch={chunk} applies to pixelcnn and pixelrnn; {family} trains whole "
-                "batches",
+                f"micro_batch={chunk} applies to pixelcnn, pixelrnn and vae; {family} trains "
+                "whole batches",
             )
             if chunk:
                 self.model.micro_batch = chunk
@@ -578,6 +578,10 @@ def check_micro_batch(chunk: int, per_replica_batch: int) -> None:
         f"micro_batch={chunk} must be >= 0 and divide each replica's batch "
         f"({per_replica_batch} images)",
     )
+
+
+# Layers that follow TrainConfig.precision (gen_keras.layers.precision).
+PRECISION_LAYERS = (MaskedConv2D, Conv2D, Conv2DTranspose)
 
 
 def set_intra_op_threads(threads: int) -> None:

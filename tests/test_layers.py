@@ -5,10 +5,9 @@ import pytest
 import tensorflow as tf
 
 from gen_keras.config import UsageError
-from gen_keras.layers import MaskedConv2D, causal_mask, conv_precision, gate
+from gen_keras.layers import MaskedConv2D, causal_mask, conv_precision, gate, in_precision
 from gen_keras.layers.masked import (
     WIDE_FILTERS,
-    in_precision,
     pointwise_group,
     shift_down,
     unfused_relu,

@@ -19,9 +19,9 @@ from gen_keras import data as data_lib
 from gen_keras import train
 from gen_keras.config import DataConfig, UsageError
 from gen_keras.data import DataSpec, ImageData
-from gen_keras.layers import masked
+from gen_keras.layers import precision
 from gen_keras.layers.masked import MaskedConv2D
-from gen_keras.models import autoregressive, pixelcnn, vae
+from gen_keras.models import autoencoder, autoregressive, pixelcnn
 from tests.conftest import REPO, small_data, small_train
 from tests.test_export import STATEFUL_RNG, Served
 
@@ -372,7 +372,7 @@ def test_bfloat16_precision_reaches_the_training_steps_only(mnist_dir, tmp_path,
     calls = []  # the precision of every masked convolution run or traced
 
     def spy(layer, x, kernel, bias):
-        calls.append(masked._conv_precision[0])
+        calls.append(precision.current())
         return convolve(layer, x, kernel, bias)
 
     monkeypatch.setattr(MaskedConv2D, "convolve", spy)
@@ -433,8 +433,9 @@ def test_the_harness_passes_micro_batch_to_the_step_and_refuses_misfits(mnist_di
     with pytest.raises(UsageError, match=r"^micro_batch=5 must be >= 0 and divide each replica"):
         train.fit("pixelcnn", pixelcnn.small(), data, bad, verbose=0)
     assert not (tmp_path / "bad").exists()  # refused before the run directory was made
-    with pytest.raises(UsageError, match=r"^micro_batch=8 applies to pixelcnn and pixelrnn; vae"):
-        train.fit("vae", vae.small(), data, small_train(tmp_path / "vae", micro_batch=8), verbose=0)
+    with pytest.raises(UsageError, match=r"^micro_batch=8 applies to pixelcnn, pixelrnn and vae; "):
+        ae = small_train(tmp_path / "ae", micro_batch=8)
+        train.fit("autoencoder", autoencoder.small(), data, ae, verbose=0)
 
 
 # -- a trained run: export, serving, TensorBoard ---------------------------------------------

@@ -45,7 +45,7 @@ def _one_line_error(result, text):
         (["--learning_rate=nan"], "learning_rate=nan must be a finite number"),
         (["--eval_split=test[:0]"], "split='test[:0]' of 'mnist' is empty"),
         (["--allow_config_change=epochs"], "allow_config_change='epochs' is not one of"),
-        (["--precision=bfloat16"], "precision='bfloat16' casts masked convolutions"),
+        (["--precision=bfloat16"], "precision='bfloat16' casts the convolutions of pixelcnn"),
         (["--precision=float16"], "precision"),
     ],
 )

@@ -26,55 +26,15 @@ multiplied once, when it appears. Their sum equals `call` up to float rounding.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gen_keras.config import PRECISIONS, check, check_choice
+from gen_keras.config import check, check_choice
+from gen_keras.layers.precision import _conv_precision
 
 MASK_TYPES = ("A", "B", "V")
 WIDE_FILTERS = 128  # see MaskedConv2D.build
-# The dtype MaskedConv2D convolves in when traced: a module global, not a context variable,
-# so that replica threads (tf.distribute) see what the thread that entered the scope set.
-_conv_precision = ["float32"]
-
-
-@contextlib.contextmanager
-def conv_precision(precision: str):
-    """Within this scope, every MaskedConv2D traced or run casts its input and masked kernel
-    to `precision` for the convolution and its output back to float32 (then adds its
-    float32 bias): autocast of the convolutions only, everything else stays float32.
-
-    "bfloat16" is for training steps on CPUs with BF16 instructions: on an AVX512-BF16 CPU
-    oneDNN's bf16 kernels ran 128/256-channel convs 1.36-1.84x faster than float32 (forward
-    and both gradients; 16-channel ones 1.15x); on an AVX2-only CPU TensorFlow's bf16
-    convolutions were 7x slower than float32. Outside the scope (the default) everything is
-    float32: evaluation, sampling and exports.
-    """
-    check_choice("precision", precision, PRECISIONS)
-    before = _conv_precision[0]
-    _conv_precision[0] = precision
-    try:
-        yield
-    finally:
-        _conv_precision[0] = before
-
-
-def in_precision(fn, precision: str):
-    """fn wrapped so that it runs (and is traced) under `conv_precision(precision)`."""
-    check_choice("precision", precision, PRECISIONS)
-    if precision == "float32":
-        return fn
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with conv_precision(precision):
-            return fn(*args, **kwargs)
-
-    return wrapped
 
 
 def _pair(size) -> tuple[int, int]:

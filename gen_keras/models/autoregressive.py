@@ -15,21 +15,8 @@ import keras
 import tensorflow as tf
 
 from gen_keras import contract, rng, sampling
-from gen_keras.config import check
 from gen_keras.distributions import bits_per_dim
-from gen_keras.models.base import Functions, GenerativeModel, replica_mean
-
-
-def _add(a, b):
-    """The sum of two gradients of one variable: dense, or IndexedSlices (their rows
-    concatenated, as TensorFlow aggregates them); None where the variable got none."""
-    if a is None or b is None:
-        return a if b is None else b
-    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
-        return tf.IndexedSlices(
-            tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
-        )
-    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+from gen_keras.models.base import Functions, GenerativeModel, batch_gradients
 
 
 class AutoregressiveModel(GenerativeModel):
@@ -68,30 +55,14 @@ class AutoregressiveModel(GenerativeModel):
 
     @tf.autograph.experimental.do_not_convert  # Python control flow only; errors stay as raised
     def train_step(self, data):
-        images, label = data["image"], self.label_of(data)
-        n, chunk = images.shape[0], self.micro_batch
-        if not chunk or n == chunk:
-            with tf.GradientTape() as tape:
-                nll = -self.log_prob(images, label)
-                loss = replica_mean(nll)
-            grads = tape.gradient(loss, self.trainable_variables)
-        else:  # micro-batches: the same gradient, summed over chunks of `chunk` images
-            check(
-                n is not None and n % chunk == 0,
-                f"micro_batch={chunk} must divide each replica's batch ({n} images)",
-            )
-            k = n // chunk
-            labels = [None] * k if label is None else tf.split(label, k)
-            grads, nlls = None, []
-            for x, y in zip(tf.split(images, k), labels, strict=True):
-                with tf.GradientTape() as tape:
-                    nlls.append(-self.log_prob(x, y))
-                    loss = replica_mean(nlls[-1], count=n)
-                part = tape.gradient(loss, self.trainable_variables)
-                grads = part if grads is None else list(map(_add, grads, part))
-            nll = tf.concat(nlls, 0)
+        grads, (log_p,) = batch_gradients(
+            self.trainable_variables,
+            lambda x, y: (self.log_prob(x, y),),
+            [data["image"], self.label_of(data)],
+            self.micro_batch,
+        )
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
-        return self._track(nll)
+        return self._track(-log_p)
 
     def test_step(self, data):
         return self._track(-self.log_prob(data["image"], self.label_of(data)))

@@ -36,6 +36,52 @@ def replica_mean(per_example, count: int | None = None) -> tf.Tensor:
     return tf.reduce_sum(per_example) / (count * n)
 
 
+def _add(a, b):
+    """The sum of two gradients of one variable: dense, or IndexedSlices (their rows
+    concatenated, as TensorFlow aggregates them); None where the variable got none."""
+    if a is None or b is None:
+        return a if b is None else b
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
+        )
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+def batch_gradients(variables, objective, args, chunk: int = 0, axes=None):
+    """Gradients of replica_mean(-objective) over a local batch, and the per-example values.
+
+    objective(*args) -> a tuple of per-example tensors [n], the first the one maximised
+    (the rest: metrics). args are tensors or None, split along `axes` (default 0 each);
+    the batch size n is args[0]'s first dimension. With `chunk` (TrainConfig.micro_batch)
+    other than 0 or n, the batch runs in chunks of `chunk` examples whose gradients are
+    summed: the same update with smaller tensors. Returns (gradients, per-example tuple).
+    """
+    n = args[0].shape[0]
+    if not chunk or n == chunk:
+        with tf.GradientTape() as tape:
+            values = objective(*args)
+            loss = replica_mean(-values[0])
+        return tape.gradient(loss, variables), values
+    check(
+        n is not None and n % chunk == 0,
+        f"micro_batch={chunk} must divide each replica's batch ({n} images)",
+    )
+    k, axes = n // chunk, axes or [0] * len(args)
+    parts = [
+        [None] * k if a is None else tf.split(a, k, axis)
+        for a, axis in zip(args, axes, strict=True)
+    ]
+    grads, values = None, []
+    for chunk_args in zip(*parts, strict=True):
+        with tf.GradientTape() as tape:
+            values.append(objective(*chunk_args))
+            loss = replica_mean(-values[-1][0], count=n)
+        part = tape.gradient(loss, variables)
+        grads = part if grads is None else list(map(_add, grads, part))
+    return grads, tuple(tf.concat(v, 0) for v in zip(*values, strict=True))
+
+
 def classification_scores(logits, label) -> dict:
     """Per example [B]: 1.0 where the most likely class is `label`; cross-entropy in nats."""
     pred = tf.argmax(logits, -1, output_type=tf.int32)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keras
 
+from gen_keras.layers.conv import Conv2D, Conv2DTranspose
 from gen_keras.layers.masked import unfused_relu
 
 
@@ -59,12 +60,13 @@ def conv_decoder(shape, filters: int, channels_out: int, name: str = "decoder"):
 
 class ResidualBlock(keras.layers.Layer):
     """x + 1x1(ReLU(3x3(ReLU(x)))): [B, H, W, channels] -> the same shape, `hidden` channels
-    inside (pytorch-generative's `vaes.ResidualBlock`)."""
+    inside (pytorch-generative's `vaes.ResidualBlock`). In the training step's precision
+    (gen_keras.layers.conv)."""
 
     def __init__(self, channels: int, hidden: int, **kwargs):
-        super().__init__(**kwargs)
-        self.conv = keras.layers.Conv2D(hidden, 3, padding="same", name="conv")
-        self.project = keras.layers.Conv2D(channels, 1, name="project")
+        super().__init__(autocast=False, **kwargs)
+        self.conv = Conv2D(hidden, 3, padding="same", name="conv")
+        self.project = Conv2D(channels, 1, name="project")
 
     def call(self, x):
         # unfused_relu: grappler's remapper would otherwise fuse the previous block's conv,
@@ -75,7 +77,7 @@ class ResidualBlock(keras.layers.Layer):
 
 def _residual_stack(channels: int, hidden: int, blocks: int, name: str) -> list:
     return [ResidualBlock(channels, hidden, name=f"{name}_res_{i + 1}") for i in range(blocks)] + [
-        keras.layers.ReLU(name=f"{name}_relu")
+        keras.layers.ReLU(name=f"{name}_relu", autocast=False)
     ]
 
 
@@ -85,13 +87,14 @@ def residual_encoder(
     """[B, H, W, C] -> [B, H / 2^stages, W / 2^stages, out_channels] (H, W multiples of
     2^stages). Per stage: a 4x4 stride-2 conv to `channels`, ReLU, `blocks` residual blocks
     and a ReLU, a 3x3 conv (to `out_channels` in the last stage): pytorch-generative's
-    `vaes.Encoder` stacked once per stride-2 stage, as its VAE's reproduce() builds it."""
+    `vaes.Encoder` stacked once per stride-2 stage, as its VAE's reproduce() builds it.
+    Computes in the training step's precision (gen_keras.layers.precision), its output too."""
     layers = []
     for i in range(stages):
         layers += [
-            keras.layers.Conv2D(channels, 4, 2, "same", activation="relu", name=f"down_{i + 1}"),
+            Conv2D(channels, 4, 2, "same", activation="relu", name=f"down_{i + 1}"),
             *_residual_stack(channels, hidden, blocks, f"stage_{i + 1}"),
-            keras.layers.Conv2D(
+            Conv2D(
                 out_channels if i == stages - 1 else channels,
                 3,
                 padding="same",
@@ -106,13 +109,14 @@ def residual_decoder(
 ) -> keras.Sequential:
     """[B, h, w, latent channels] -> [B, h * 2^stages, w * 2^stages, out_channels]. Per stage:
     a 3x3 conv to `channels`, `blocks` residual blocks and a ReLU, a 4x4 stride-2 transposed
-    conv (to `out_channels` in the last stage): pytorch-generative's `vaes.Decoder`."""
+    conv (to `out_channels` in the last stage): pytorch-generative's `vaes.Decoder`.
+    Computes in the training step's precision (gen_keras.layers.precision), its output too."""
     layers = []
     for i in range(stages):
         layers += [
-            keras.layers.Conv2D(channels, 3, padding="same", name=f"in_{i + 1}"),
+            Conv2D(channels, 3, padding="same", name=f"in_{i + 1}"),
             *_residual_stack(channels, hidden, blocks, f"stage_{i + 1}"),
-            keras.layers.Conv2DTranspose(
+            Conv2DTranspose(
                 out_channels if i == stages - 1 else channels, 4, 2, "same", name=f"up_{i + 1}"
             ),
         ]

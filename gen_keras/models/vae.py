@@ -24,7 +24,7 @@ import tensorflow_probability as tfp
 from gen_keras import contract, rng
 from gen_keras.config import check, check_fields, check_positive, hparam
 from gen_keras.distributions import bits_per_dim, make_head, resolve_likelihood
-from gen_keras.models.base import GenerativeModel, replica_mean
+from gen_keras.models.base import GenerativeModel, batch_gradients
 from gen_keras.models.networks import conv_decoder, residual_decoder, residual_encoder
 
 tfd = tfp.distributions
@@ -190,6 +190,8 @@ class VAE(GenerativeModel):
             name: keras.metrics.Mean(name)
             for name in ("loss", "elbo", "distortion", "rate", "bits_per_dim")
         }
+        # Images per chunk of a training step's batch (TrainConfig.micro_batch); 0: whole.
+        self.micro_batch = 0
 
     # -- the probabilistic model ---------------------------------------------------------
 
@@ -209,7 +211,8 @@ class VAE(GenerativeModel):
 
     def posterior(self, x, label=None) -> tfd.Distribution:
         """q(z|x): x float32 [B, H, W, C] model space -> MVNDiag, batch [B], event [latent]."""
-        raw = self.posterior_params(self._with_label(self.encoder(self._scaled(x)), label))
+        features = tf.cast(self.encoder(self._scaled(x)), tf.float32)  # resnet: maybe bf16
+        raw = self.posterior_params(self._with_label(features, label))
         # channels last: [B, 2d], or resnet's [B, h, w, 2 x latent_dim] split per position
         loc, scale = (tf.reshape(t, [-1, self.latent_size]) for t in tf.split(raw, 2, axis=-1))
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(scale) + 1e-4)
@@ -218,7 +221,7 @@ class VAE(GenerativeModel):
         """z float32 [B, latent] -> head parameters [B, H, W, head.num_params(C)]."""
         if self.pad is None:
             return self.decoder(self._with_label(z, label))
-        out = self.decoder(tf.reshape(z, [-1, *self.grid]))
+        out = tf.cast(self.decoder(tf.reshape(z, [-1, *self.grid])), tf.float32)
         (top, left), (h, w) = (self.pad[1][0], self.pad[2][0]), self.spec.shape[:2]
         return out[:, top : top + h, left : left + w]
 
@@ -228,10 +231,21 @@ class VAE(GenerativeModel):
 
     def elbo_terms(self, x, label, seed):
         """Single-sample (distortion, rate), each float32 [B]; elbo = -(distortion + rate)."""
+        return self._elbo_terms(x, label, self._noise(tf.shape(x)[0], seed))
+
+    def _elbo_terms(self, x, label, eps):
+        """(distortion, rate) [B] for z = mu + sigma * eps, eps standard normal [B, latent]."""
         q = self.posterior(x, label)
-        z = q.sample(seed=seed)
+        z = q.mean() + q.stddev() * eps
         distortion = -self.head.log_prob(self.decode_params(z, label), x)
         return distortion, self.rate(q, z)
+
+    def _noise(self, n, seed, k: int = 1):
+        """Standard normal eps [n, latent], or [k, n, latent] for k > 1 importance samples
+        (the first chunk of `_batch_noise`)."""
+        if k == 1:
+            return tf.random.stateless_normal([n, self.latent_size], seed)
+        return tf.random.stateless_normal([k, n, self.latent_size], rng.fold_in(seed, 0))
 
     def rate(self, q, z):
         """KL(q(z|x) || p(z)) per example [B]: analytic, or the one-sample log q(z) - log p(z)."""
@@ -285,15 +299,16 @@ class VAE(GenerativeModel):
     def _unpack(self, data):
         return data["image"], self.label_of(data), self.step_seed(data)
 
-    def _objective(self, x, label, seed):
-        """Per-example (objective, elbo, distortion, rate); objective = ELBO or IWAE_k."""
+    def _objective(self, x, label, eps):
+        """Per-example (objective, elbo, distortion, rate); objective = ELBO or IWAE_k.
+        eps: the step's standard normal noise, [B, latent] (ELBO) or [k, B, latent]."""
         k = self.config.train_k
         if k == 1:
-            distortion, rate = self.elbo_terms(x, label, seed)
+            distortion, rate = self._elbo_terms(x, label, eps)
             elbo = -(distortion + rate)
             return elbo, elbo, distortion, rate
         q = self.posterior(x, label)
-        log_w = self.log_weights(x, label, q, self._batch_noise(x, seed)(0, k))
+        log_w = self.log_weights(x, label, q, eps)
         iwae = tf.reduce_logsumexp(log_w, 0) - math.log(k)
         # The mean log weight is a Monte Carlo ELBO; its parts are not split here.
         elbo = tf.reduce_mean(log_w, 0)
@@ -311,12 +326,19 @@ class VAE(GenerativeModel):
             }
         )
 
+    @tf.autograph.experimental.do_not_convert  # Python control flow only; errors stay as raised
     def train_step(self, data):
         x, label, seed = self._unpack(data)
-        with tf.GradientTape() as tape:
-            terms = self._objective(x, label, seed)
-            loss = replica_mean(-terms[0])
-        grads = tape.gradient(loss, self.trainable_variables)
+        k = self.config.train_k
+        eps = self._noise(tf.shape(x)[0], seed, k)
+        # micro-batches split eps with the images: the same noise, so the same update
+        grads, terms = batch_gradients(
+            self.trainable_variables,
+            self._objective,
+            [x, label, eps],
+            self.micro_batch,
+            axes=[0, 0, 0 if k == 1 else 1],
+        )
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self._track(*terms)
 
