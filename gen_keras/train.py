@@ -695,7 +695,7 @@ class _Loop:
             self.callbacks.insert(0, quality)
         for callback in self.callbacks:
             callback.set_model(run.model)
-        # The training step's masked convs in cfg.precision; evaluation stays float32.
+        # The training step's convolutions in cfg.precision; evaluation stays float32.
         self.train = _step_function(run, in_precision(run.model.train_step, cfg.precision), jit)
         self.budget = 60 * cfg.max_train_minutes if cfg.max_train_minutes else None
         # Training seconds of this invocation: the time between steps, from the end of the
