@@ -25,12 +25,16 @@ def _finish(layer, out, dtype):
     return out if layer.activation is None else layer.activation(out)
 
 
-class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D (channels last) computing in the traced precision."""
+class _NoAutocast:
+    """Leaves the layer's input in the dtype it arrives in (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(*args, **kwargs)
+
+
+class Conv2D(_NoAutocast, keras.layers.Conv2D):
+    """keras.layers.Conv2D (channels last) computing in the traced precision."""
 
     def call(self, inputs):
         dtype = current()
@@ -38,12 +42,8 @@ class Conv2D(keras.layers.Conv2D):
         return _finish(self, out, dtype)
 
 
-class Conv2DTranspose(keras.layers.Conv2DTranspose):
+class Conv2DTranspose(_NoAutocast, keras.layers.Conv2DTranspose):
     """keras.layers.Conv2DTranspose (channels last) computing in the traced precision."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("autocast", False)
-        super().__init__(*args, **kwargs)
 
     def call(self, inputs):
         dtype = current()
