@@ -150,28 +150,24 @@ def test_micro_batches_give_the_whole_batchs_update(train_k):
     # of a batch of 6 move every weight as the whole batch does (ELBO and IWAE_3).
     spec = DataSpec((5, 7, 1), "binary_static", 10)
     batch = _batch(spec, n=6)
-    weights = []
+    weights, initial = [], None
     for chunk in (0, 2):
         keras.utils.set_random_seed(3)
         model = _model(_resnet(train_k=train_k), spec)
+        initial = initial or [v.numpy() for v in model.trainable_variables]
         model.micro_batch = chunk
         logs = model.train_step(batch)
         weights.append(([v.numpy() for v in model.trainable_variables], float(logs["loss"])))
     (whole, whole_loss), (chunked, chunked_loss) = weights
     assert chunked_loss == pytest.approx(whole_loss, rel=1e-5)
     moved = 0
-    for a, b, before in zip(whole, chunked, _initial_weights(spec, train_k), strict=True):
+    for a, b, before in zip(whole, chunked, initial, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
         moved += int(np.any(a != before))
     assert moved == len(whole)  # every weight took the step
     model.micro_batch = 4
     with pytest.raises(UsageError, match=r"^micro_batch=4 must divide each replica's batch"):
         model.train_step(batch)
-
-
-def _initial_weights(spec, train_k):
-    keras.utils.set_random_seed(3)
-    return [v.numpy() for v in _model(_resnet(train_k=train_k), spec).trainable_variables]
 
 
 def test_resnet_trains_in_bfloat16_and_evaluates_in_float32():

@@ -8,7 +8,7 @@ convolution to its last and the model casts only the network's output back to fl
 variables stay float32; their gradients arrive in float32 through the casts.
 
 Every layer in such a network is built with autocast=False: Keras would otherwise cast each
-layer's bf16 input back to float32 (on pytorch-generative's VAE, 475 casts a training step).
+layer's bf16 input back to float32 (tests/test_vae.py counts the casts of a training step).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from gen_keras.config import check, check_choice
-from gen_keras.layers.precision import _conv_precision
+from gen_keras.layers.precision import current
 
 MASK_TYPES = ("A", "B", "V")
 WIDE_FILTERS = 128  # see MaskedConv2D.build
@@ -172,7 +172,7 @@ class MaskedConv2D(keras.layers.Layer):
     def convolve(self, x, kernel, bias) -> tf.Tensor:
         """This layer's convolution of x with `kernel` (its geometry, any output width) plus
         `bias` (or None); `call` passes its own masked kernel and bias."""
-        precision = _conv_precision[0]
+        precision = current()
         if self.kernel_size == (1, 1) and precision == "float32":
             return pointwise_conv(x, kernel, bias)
         if precision != "float32":  # see conv_precision

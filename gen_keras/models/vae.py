@@ -231,7 +231,7 @@ class VAE(GenerativeModel):
 
     def elbo_terms(self, x, label, seed):
         """Single-sample (distortion, rate), each float32 [B]; elbo = -(distortion + rate)."""
-        return self._elbo_terms(x, label, self._noise(tf.shape(x)[0], seed))
+        return self._elbo_terms(x, label, self._noise(x, seed))
 
     def _elbo_terms(self, x, label, eps):
         """(distortion, rate) [B] for z = mu + sigma * eps, eps standard normal [B, latent]."""
@@ -240,12 +240,12 @@ class VAE(GenerativeModel):
         distortion = -self.head.log_prob(self.decode_params(z, label), x)
         return distortion, self.rate(q, z)
 
-    def _noise(self, n, seed, k: int = 1):
-        """Standard normal eps [n, latent], or [k, n, latent] for k > 1 importance samples
-        (the first chunk of `_batch_noise`)."""
+    def _noise(self, x, seed, k: int = 1):
+        """Standard normal eps [B, latent] for x's batch, or for k > 1 importance samples
+        [k, B, latent] (the first chunk of `_batch_noise`)."""
         if k == 1:
-            return tf.random.stateless_normal([n, self.latent_size], seed)
-        return tf.random.stateless_normal([k, n, self.latent_size], rng.fold_in(seed, 0))
+            return tf.random.stateless_normal([tf.shape(x)[0], self.latent_size], seed)
+        return self._batch_noise(x, seed)(0, k)
 
     def rate(self, q, z):
         """KL(q(z|x) || p(z)) per example [B]: analytic, or the one-sample log q(z) - log p(z)."""
@@ -330,7 +330,7 @@ class VAE(GenerativeModel):
     def train_step(self, data):
         x, label, seed = self._unpack(data)
         k = self.config.train_k
-        eps = self._noise(tf.shape(x)[0], seed, k)
+        eps = self._noise(x, seed, k)
         # micro-batches split eps with the images: the same noise, so the same update
         grads, terms = batch_gradients(
             self.trainable_variables,
